@@ -1,0 +1,36 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+# .venv is rebuilt only when pyproject.toml changes (the stamp file tracks it).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-tensorflow test-jax lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test,compare]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/digits_prune.py
+
+test: test-tensorflow test-jax
+
+test-tensorflow: $(STAMP)
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q tests
+
+test-jax: $(STAMP)
+	KERAS_BACKEND=jax $(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(PY) -m pip install --quiet ruff
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: $(STAMP)
+	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/accuracy.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,141 @@
+"""Pattern pruning: `BlockPrune` (whole tiles) and `NMPrune` (N of every M)."""
+
+from keras import ops
+
+from keras_condensa import masks, prunable
+from keras_condensa.operators.base import Operator, PruningOperator
+from keras_condensa.operators.prune import check_min_density, check_scope
+
+
+class BlockPrune(PruningOperator):
+    """Keeps the highest-norm `block_size` tiles of each kernel's 2-D view.
+
+    A kernel is viewed as `(inputs, outputs)`: every axis but the last is
+    flattened into rows. Tiles at the edges may be partial.
+
+    Args:
+        density: fraction of tiles to keep, in (0, 1].
+        block_size: `(rows, cols)` of a tile, e.g. `(4, 4)`.
+        criterion: `"l1"` or `"l2"` (mean over the tile's entries).
+        scope: `"layer"` (default) or `"global"`.
+        min_layer_density: with global scope, the least fraction a weight keeps.
+        schedule, include, exclude: as in `kc.Prune`.
+    """
+
+    def __init__(
+        self,
+        density,
+        block_size=(4, 4),
+        criterion="l1",
+        scope="layer",
+        min_layer_density=0.0,
+        schedule=None,
+        include=None,
+        exclude=None,
+    ):
+        super().__init__(density, schedule=schedule, include=include, exclude=exclude)
+        if (
+            isinstance(block_size, (str, bytes))
+            or len(block_size) != 2
+            or not all(isinstance(b, int) and b >= 1 for b in block_size)
+        ):
+            raise ValueError(
+                f"block_size must be two positive ints (rows, cols). Received: block_size={block_size!r}"
+            )
+        if criterion not in masks.CRITERIA:
+            raise ValueError(f"criterion must be one of {masks.CRITERIA}. Received: criterion={criterion!r}")
+        check_scope(scope)
+        check_min_density(min_layer_density)
+        self.block_size = tuple(block_size)
+        self.criterion = criterion
+        self.scope = scope
+        self.min_layer_density = float(min_layer_density)
+
+    def paths(self, layer, spec):
+        return spec.weights
+
+    def compute_masks(self, items, density):
+        keys, values, grids = [], [], []
+        for wrapper, _, paths, current in items:
+            for path in paths:
+                keys.append((id(wrapper), path))
+                values.append(current[path])
+                grids.append(masks.block_scores(current[path], self.block_size, self.criterion))
+        flat = [ops.reshape(g, (-1,)) for g in grids]
+        if self.scope == "global":
+            counts = masks.global_keep_counts(flat, density, self.min_layer_density)
+        else:
+            counts = [masks.keep_count(density, int(f.shape[0])) for f in flat]
+        return {
+            k: masks.expand_block_mask(masks.topk_mask(g, c), v, self.block_size)
+            for k, v, g, c in zip(keys, values, grids, counts)
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            block_size=list(self.block_size),
+            criterion=self.criterion,
+            scope=self.scope,
+            min_layer_density=self.min_layer_density,
+        )
+        return config
+
+
+class NMPrune(Operator):
+    """N:M sparsity: in every group of `m` weights along the input axis, keep `n`.
+
+    2:4 (the default) is what sparse tensor cores accelerate. Groups run along
+    a kernel's input (reduction) axis; a layer whose input axis is not a
+    multiple of `m`, or that has no such axis (depthwise kernels,
+    embeddings), is skipped with the reason in `kc.summary`.
+
+    Args:
+        n: weights kept per group.
+        m: group size.
+        include, exclude: as in `kc.Prune`.
+    """
+
+    schedule = None
+
+    def __init__(self, n=2, m=4, include=None, exclude=None):
+        super().__init__(include=include, exclude=exclude)
+        if not (isinstance(n, int) and isinstance(m, int) and 0 < n <= m):
+            raise ValueError(f"NMPrune needs ints 0 < n <= m. Received: n={n!r}, m={m!r}")
+        self.n, self.m = n, m
+        self.density = n / m
+
+    def density_at(self, step):
+        return self.density
+
+    def reason_unsupported(self, layer, spec):
+        reason = super().reason_unsupported(layer, spec)
+        if reason is not None:
+            return reason
+        if not spec.reduction_axes:
+            return f"{type(layer).__name__} has no input axis to group N:M"
+        if not self.paths(layer, spec):
+            sizes = {p: prunable.resolve(layer, p).shape[a] for p, a in spec.reduction_axes.items()}
+            return f"input axis sizes {sizes} are not multiples of m={self.m}"
+        return None
+
+    def paths(self, layer, spec):
+        return tuple(
+            p
+            for p, axis in spec.reduction_axes.items()
+            if prunable.resolve(layer, p).shape[axis] % self.m == 0
+        )
+
+    def compute_masks(self, items, density):
+        return {
+            (id(wrapper), path): masks.nm_mask(
+                current[path], self.n, self.m, spec.reduction_axes[path]
+            )
+            for wrapper, spec, paths, current in items
+            for path in paths
+        }
+
+    def get_config(self):
+        config = {"n": self.n, "m": self.m}
+        config.update(super().get_config())
+        return config

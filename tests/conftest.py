@@ -1,0 +1,64 @@
+"""Shared test material: scikit-learn's bundled digits and small models (no downloads)."""
+
+import keras
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """(x_train, y_train, x_val, y_val): 8x8 digits scaled to [0, 1], flattened."""
+    data = load_digits()
+    x = (data.data / 16.0).astype("float32")
+    x_train, x_val, y_train, y_val = train_test_split(
+        x, data.target, test_size=0.25, random_state=0, stratify=data.target
+    )
+    return x_train, y_train, x_val, y_val
+
+
+def lenet_300_100(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(300, activation="relu", name="fc1"),
+            keras.layers.Dense(100, activation="relu", name="fc2"),
+            keras.layers.Dense(10, name="logits"),
+        ],
+        name="lenet_300_100",
+    )
+
+
+def small_cnn(seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(16, 3, activation="relu", name="conv1")(inputs)
+    h = keras.layers.Conv2D(32, 3, activation="relu", name="conv2")(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(64, activation="relu", name="fc")(h)
+    outputs = keras.layers.Dense(10, name="logits")(h)
+    return keras.Model(inputs, outputs, name="small_cnn")
+
+
+def compile_classifier(model, learning_rate=1e-3, optimizer=None):
+    model.compile(
+        optimizer or keras.optimizers.Adam(learning_rate),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def weights_of(model):
+    return [np.array(w) for w in model.get_weights()]
+
+
+@pytest.fixture(scope="session")
+def trained_lenet(digits):
+    """A LeNet-300-100 trained on digits, and its validation accuracy."""
+    x_train, y_train, x_val, y_val = digits
+    model = compile_classifier(lenet_300_100())
+    model.fit(x_train, y_train, epochs=15, batch_size=32, verbose=0)
+    return model, model.evaluate(x_val, y_val, verbose=0)[1]
