@@ -44,7 +44,9 @@ def _resolve(value, total_steps, name):
                 "of this fit is unknown (a dataset without a length?). Pass steps_per_epoch "
                 f"to fit, or give {name} as an int step count."
             )
-        return int(round(value * total_steps))
+        # A fraction of the run: 0.0 is the first step and 1.0 the last one.
+        span = total_steps if name == "frequency" else total_steps - 1
+        return int(round(value * span))
     return value
 
 
