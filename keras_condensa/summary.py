@@ -78,7 +78,8 @@ class Summary:
         lines.append(
             f"{'total':<50}{self.params:>10,}{self.nonzeros:>10,}{self.density:>9.3f}{self.bytes:>11,}"
         )
-        lines.append(f"* pruned layer; density of the masked weights: {self.masked_density:.4f}")
+        if any(r.pruned for r in self.rows):
+            lines.append(f"* pruned layer; density of the masked weights: {self.masked_density:.4f}")
         for name, reason in self.skipped.items():
             lines.append(f"left dense: {name}: {reason}")
         return "\n".join(lines)
