@@ -7,10 +7,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-tensorflow test-jax lint bench clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins the versions seen working together (regenerate with pip freeze).
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,compare]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,compare]"
 	touch $(STAMP)
 
 demo: $(STAMP)
