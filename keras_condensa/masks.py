@@ -12,6 +12,12 @@ from keras import ops
 CRITERIA = ("l1", "l2")
 
 
+def check_criterion(criterion):
+    """Raises unless `criterion` names a structure norm."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}. Received: criterion={criterion!r}")
+
+
 def keep_count(density, total, align=None):
     """How many of `total` items a density keeps, rounded up to `align`.
 

@@ -42,8 +42,7 @@ class BlockPrune(PruningOperator):
             raise ValueError(
                 f"block_size must be two positive ints (rows, cols). Received: block_size={block_size!r}"
             )
-        if criterion not in masks.CRITERIA:
-            raise ValueError(f"criterion must be one of {masks.CRITERIA}. Received: criterion={criterion!r}")
+        masks.check_criterion(criterion)
         check_scope(scope)
         check_min_density(min_layer_density)
         self.block_size = tuple(block_size)

@@ -27,8 +27,7 @@ class _ChannelPrune(PruningOperator):
         exclude=None,
     ):
         super().__init__(density, schedule=schedule, include=include, exclude=exclude)
-        if criterion not in masks.CRITERIA:
-            raise ValueError(f"criterion must be one of {masks.CRITERIA}. Received: criterion={criterion!r}")
+        masks.check_criterion(criterion)
         if align is not None and (isinstance(align, bool) or not isinstance(align, int) or align < 1):
             raise ValueError(f"align must be a positive int or None. Received: align={align!r}")
         scope = scope or self.default_scope
