@@ -24,6 +24,7 @@ from keras_condensa.operators import (
     Operator,
     Prune,
     PruningOperator,
+    Quantize,
     StructurePrune,
 )
 from keras_condensa.prunable import PrunableLayer, PruneSpec, register_prunable
@@ -31,7 +32,7 @@ from keras_condensa.schedules import ConstantSparsity, PolynomialDecay, PruningS
 from keras_condensa.summary import Summary, summary
 from keras_condensa.surgery import strip
 from keras_condensa.version import __version__
-from keras_condensa.wrappers import PruneWrapper
+from keras_condensa.wrappers import CompressionWrapper
 
 __all__ = [
     "BlockPrune",
@@ -45,8 +46,9 @@ __all__ = [
     "PrunableLayer",
     "Prune",
     "PruneSpec",
-    "PruneWrapper",
+    "CompressionWrapper",
     "PruningOperator",
+    "Quantize",
     "PruningSchedule",
     "StructurePrune",
     "Summary",

@@ -81,7 +81,8 @@ class UpdateMasks(keras.callbacks.Callback):
                 self._reached[op] = sparsity
         if densities:
             for op in self.scheme.operators():
-                densities.setdefault(op, None if op in self._resolved else op.density)
+                if op.prunes:
+                    densities.setdefault(op, None if op in self._resolved else op.density)
             for op in self._resolved:
                 densities[op] = densities.get(op) or 1.0 - self._reached[op]
             masking.update_masks(self.scheme, self.model, densities)

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_condensa import prunable
-from keras_condensa.wrappers import PruneWrapper
+from keras_condensa.wrappers import CompressionWrapper
 
 
 def is_graph_model(model):
@@ -24,9 +24,9 @@ def iter_leaf_layers(model):
 
 
 def iter_wrappers(model):
-    """Yields the `PruneWrapper` layers of `model`, nested models included."""
+    """Yields the `CompressionWrapper` layers of `model`, nested models included."""
     for layer in iter_leaf_layers(model):
-        if isinstance(layer, PruneWrapper):
+        if isinstance(layer, CompressionWrapper):
             yield layer
 
 
@@ -48,7 +48,11 @@ def covered_items(op, wrappers):
 
 def initial_densities(scheme):
     """Densities at `apply` time: final for one-shot operators, none yet for scheduled ones."""
-    return {op: (None if op.schedule is not None else op.density) for op in scheme.operators()}
+    return {
+        op: (None if op.schedule is not None else op.density)
+        for op in scheme.operators()
+        if op.prunes
+    }
 
 
 def update_masks(scheme, model, densities):
@@ -67,7 +71,7 @@ def update_masks(scheme, model, densities):
     new_masks = {}
     for op in scheme.operators():
         density = densities.get(op)
-        if density is None or not hasattr(op, "compute_masks"):
+        if density is None or not op.prunes:
             continue
         items = [
             (w, spec, paths, {p: values[(id(w), p)] for p in paths})

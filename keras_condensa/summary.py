@@ -6,7 +6,7 @@ import numpy as np
 from keras import ops
 
 from keras_condensa import masking, prunable
-from keras_condensa.wrappers import PruneWrapper
+from keras_condensa.wrappers import CompressionWrapper
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +123,7 @@ def summary(model, print_fn=print):
     rows, skipped = [], {}
     wrapped = any(True for _ in masking.iter_wrappers(model))
     for layer in masking.iter_leaf_layers(model):
-        if isinstance(layer, PruneWrapper):
+        if isinstance(layer, CompressionWrapper):
             masked = {id(layer.weight(p)): layer.masked_value(p) for p in layer.masked_weights}
             weights = [masked.get(id(w), w) for w in layer.layer.weights]
             rows.append(_row(layer.layer, weights, masked={id(v) for v in masked.values()}))

@@ -11,7 +11,7 @@ import keras
 from keras import ops
 
 from keras_condensa import masking, prunable
-from keras_condensa.wrappers import PruneWrapper
+from keras_condensa.wrappers import CompressionWrapper
 
 logger = logging.getLogger("keras_condensa")
 
@@ -63,6 +63,8 @@ def _clone(model, clone_layer):
     copies = []
 
     def clone_function(layer):
+        if not isinstance(layer, keras.layers.Layer):
+            return layer  # a stateless operation (`x + y` in a functional model)
         new_layer, copy_weights = clone_layer(layer)
         copies.append(copy_weights)
         return new_layer
@@ -85,12 +87,26 @@ def _plain_copy(layer):
     return new, lambda: new.set_weights(layer.get_weights())
 
 
+def _merge(arguments, new, layer):
+    """Merges one operator's wrapper arguments into a layer's."""
+    masked = list(arguments.get("masked_weights", ()))
+    masked += [p for p in new.pop("masked_weights", ()) if p not in masked]
+    if masked:
+        arguments["masked_weights"] = masked
+    if new.get("quantize") and arguments.get("quantize"):
+        raise ValueError(
+            f"Layer '{layer.name}' is quantized twice ({arguments['quantize']} and "
+            f"{new['quantize']}); give each layer one Quantize (use include=/exclude=)."
+        )
+    arguments.update(new)
+
+
 def _plan(scheme, model):
-    """Decides which layers each operator wraps. Returns ({id(layer): paths}, skipped)."""
+    """Decides how each covered layer is wrapped: ({id(layer): wrapper arguments}, skipped)."""
     plan, skipped, seen_names = {}, {}, set()
     for layer in masking.iter_leaf_layers(model):
         seen_names.add(layer.name)
-        if isinstance(layer, PruneWrapper):
+        if isinstance(layer, CompressionWrapper):
             raise ValueError(
                 f"Layer '{layer.layer.name}' is already wrapped by {type(layer).__name__} "
                 f"('{layer.name}'). Strip the model first (kc.strip(model)), or put all the "
@@ -102,8 +118,7 @@ def _plan(scheme, model):
                 continue
             reason = op.reason_unsupported(layer, spec)
             if reason is None:
-                plan.setdefault(id(layer), [])
-                plan[id(layer)] += [p for p in op.paths(layer, spec) if p not in plan[id(layer)]]
+                _merge(plan.setdefault(id(layer), {}), op.wrapper_arguments(layer, spec), layer)
             elif op.names_explicitly(layer):
                 raise ValueError(
                     f"{type(op).__name__} cannot handle layer '{layer.name}' "
@@ -138,7 +153,7 @@ def apply_scheme(scheme, model):
             return _plain_copy(layer)
         inner = _copy_layer(layer)
         _prebuild(layer, inner)
-        wrapper = PruneWrapper(inner, masked_weights=plan[id(layer)])
+        wrapper = CompressionWrapper(inner, **plan[id(layer)])
         return wrapper, lambda: wrapper.layer.set_weights(layer.get_weights())
 
     clone = _clone(model, clone_layer)
@@ -148,16 +163,24 @@ def apply_scheme(scheme, model):
     return clone
 
 
-def strip(model):
-    """Returns a plain Keras model: wrappers removed, masked weights baked in as zeros.
+def strip(model, keep_quantization=True):
+    """Returns the model ready for export: masked weights baked in as zeros.
 
-    The result uses only Keras layer classes, so it loads with
-    `keras.saving.load_model` without keras_condensa imported. The input model
-    is not modified.
+    Pruning wrappers are removed: the result uses Keras layer classes, so it
+    loads with `keras.saving.load_model` without keras_condensa imported.
+    float16-quantized weights are baked in (rounded to float16 values).
+    Layers trained with `Quantize("int8")` or `"int4"` keep a wrapper holding
+    only their quantizers: the fake-quant ops and the learned activation
+    ranges stay in the graph, which is how they reach the TFLite converter
+    (`tflite_export.export(final, path, quantize="int8")` needs no
+    representative data for them). `keep_quantization=False` bakes the
+    fake-quantized weights in and drops the activation ranges instead, for a
+    plain Keras model. The input model is not modified.
 
     Args:
         model: a model returned by `scheme.apply` (or any Sequential or
             functional model, which is copied as is).
+        keep_quantization: keep integer QAT quantizers (see above).
 
     Returns:
         A new `keras.Model`.
@@ -172,18 +195,33 @@ def strip(model):
     check_model(model)
 
     def clone_layer(layer):
-        if not isinstance(layer, PruneWrapper):
+        if not isinstance(layer, CompressionWrapper):
             return _plain_copy(layer)
         inner = _copy_layer(layer.layer)
         _prebuild(layer.layer, inner)
+        keep = keep_quantization and layer.quantize in ("int8", "int4")
+        baked = layer.masked_value if keep else layer.effective_value
+        paths = dict.fromkeys(layer.masked_weights + tuple(layer.quantized_weights))
+        new = inner
+        if keep:
+            new = CompressionWrapper(
+                inner,
+                quantize=layer.quantize,
+                quantized_weights=layer.quantized_weights,
+                quantize_activations=layer.quantize_activations,
+                range_decay=layer.range_decay,
+                name=layer.name,
+            )
 
         def copy_weights():
-            masked = {id(layer.weight(p)): layer.masked_value(p) for p in layer.masked_weights}
-            values = [
-                ops.convert_to_numpy(masked.get(id(w), w)) for w in layer.layer.weights
-            ]
-            inner.set_weights(values)
+            values = {id(layer.weight(p)): baked(p) for p in paths}
+            inner.set_weights(
+                [ops.convert_to_numpy(values.get(id(w), w)) for w in layer.layer.weights]
+            )
+            if keep and layer.quantize_activations:
+                for name in ("input_range", "output_range", "ranges_initialized"):
+                    getattr(new, name).assign(ops.convert_to_numpy(getattr(layer, name)))
 
-        return inner, copy_weights
+        return new, copy_weights
 
     return _clone(model, clone_layer)

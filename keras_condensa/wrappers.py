@@ -1,11 +1,13 @@
-"""`PruneWrapper`: the layer wrapper that owns the masks.
+"""`CompressionWrapper`: the layer wrapper that owns masks and quantizers.
 
-The wrapper keeps one non-trainable 0/1 mask per pruned weight. In the
-forward pass the wrapped layer sees `weight * mask`: the wrapper swaps the
-attribute that stores the weight for the masked tensor while the inner layer
-runs, so any layer (and any backend) works without layer-specific call code,
-and gradients reach the stored weight through the product (pruned entries
-get exactly zero gradient).
+The wrapper keeps one non-trainable 0/1 mask per pruned weight and, for
+quantization, fake-quantizes weights (and, for integer dtypes, the layer's
+input and output activations within tracked ranges). In the forward pass
+the wrapped layer sees `quantize(weight * mask)`: the wrapper swaps the
+attribute that stores the weight for that tensor while the inner layer runs,
+so any layer (and any backend) works without layer-specific call code, and
+gradients reach the stored weight (pruned entries get exactly zero gradient,
+quantization passes gradients straight through).
 """
 
 import contextlib
@@ -13,7 +15,7 @@ import contextlib
 import keras
 from keras import ops
 
-from keras_condensa import prunable
+from keras_condensa import prunable, quantizers
 
 
 @contextlib.contextmanager
@@ -29,9 +31,13 @@ def _swapped(swaps):
             object.__setattr__(owner, attr, value)
 
 
+def _is_float(x):
+    return "float" in str(getattr(x, "dtype", ""))
+
+
 @keras.saving.register_keras_serializable(package="keras_condensa")
-class PruneWrapper(keras.layers.Wrapper):
-    """Masks some weights of a layer.
+class CompressionWrapper(keras.layers.Wrapper):
+    """Masks and/or fake-quantizes some weights of a layer.
 
     Usually created by a scheme (`kc.Prune(...).apply(model)`), not by hand.
 
@@ -39,47 +45,73 @@ class PruneWrapper(keras.layers.Wrapper):
         layer: the layer to wrap.
         masked_weights: attribute paths of the weights to mask, e.g.
             `["kernel"]` or `["kernel", "bias"]`.
+        quantize: `None`, `"float16"`, `"int8"` or `"int4"`.
+        quantized_weights: `{path: channel axes}` of the weights to
+            fake-quantize; `[]` axes means one scale per tensor.
+        quantize_activations: for integer dtypes, also fake-quantize the
+            layer's float input and its output (8 bits) within ranges tracked
+            by a moving average during training and frozen at inference.
+        range_decay: weight of the old range in that moving average.
         **kwargs: base `Layer` arguments (name, ...).
 
     Example:
 
     ```python
-    wrapped = kc.PruneWrapper(keras.layers.Dense(10), masked_weights=["kernel"])
+    wrapped = kc.CompressionWrapper(keras.layers.Dense(10), masked_weights=["kernel"])
     y = wrapped(x)               # uses kernel * mask
     wrapped.masks["kernel"]      # the mask variable
     ```
     """
 
-    def __init__(self, layer, masked_weights=("kernel",), **kwargs):
-        kwargs.setdefault("name", f"{layer.name}_pruned")
+    def __init__(
+        self,
+        layer,
+        masked_weights=(),
+        quantize=None,
+        quantized_weights=None,
+        quantize_activations=False,
+        range_decay=0.99,
+        **kwargs,
+    ):
+        kwargs.setdefault("name", f"{layer.name}_compressed")
         super().__init__(layer, **kwargs)
-        if isinstance(masked_weights, str) or not masked_weights:
+        if isinstance(masked_weights, str):
             raise ValueError(
-                "masked_weights must be a non-empty list of weight paths, e.g. ['kernel']. "
+                "masked_weights must be a list of weight paths, e.g. ['kernel']. "
                 f"Received: masked_weights={masked_weights!r}"
             )
+        if quantize is not None:
+            quantizers.check_dtype(quantize)
         self.masked_weights = tuple(masked_weights)
+        self.quantize = quantize
+        self.quantized_weights = {p: tuple(a) for p, a in (quantized_weights or {}).items()}
+        self.quantize_activations = bool(quantize_activations) and quantize in quantizers.BITS
+        self.range_decay = float(range_decay)
+        if not self.masked_weights and not self.quantized_weights and not self.quantize_activations:
+            raise ValueError(
+                f"CompressionWrapper around '{layer.name}' has nothing to do: give masked_weights "
+                "or quantize with quantized_weights."
+            )
         self.masks = {}
         self.supports_masking = getattr(layer, "supports_masking", False)
 
     def build(self, input_shape=None):
         if not self.layer.built:
             self.layer.build(input_shape)
-        self._create_masks()
+        self._create_state()
 
     def build_from_config(self, config):
         # The inner layer knows its own build arguments (MultiHeadAttention
         # needs query and value shapes, not one input shape).
         if config and not self.layer.built:
             self.layer.build_from_config(config)
-        self._create_masks()
+        self._create_state()
 
     def get_build_config(self):
         return self.layer.get_build_config()
 
-    def _create_masks(self):
-        if self.masks:
-            self.built = True
+    def _create_state(self):
+        if self.built:
             return
         for path in self.masked_weights:
             variable = self.weight(path)
@@ -89,6 +121,12 @@ class PruneWrapper(keras.layers.Wrapper):
                 dtype=variable.dtype,
                 initializer="ones",
                 trainable=False,
+            )
+        if self.quantize_activations:
+            self.input_range = self.add_weight(name="input_range", shape=(2,), initializer="zeros", trainable=False)
+            self.output_range = self.add_weight(name="output_range", shape=(2,), initializer="zeros", trainable=False)
+            self.ranges_initialized = self.add_weight(
+                name="ranges_initialized", shape=(), initializer="zeros", trainable=False
             )
         self.built = True
 
@@ -100,36 +138,65 @@ class PruneWrapper(keras.layers.Wrapper):
             variable = None
         if not isinstance(variable, keras.Variable):
             raise ValueError(
-                f"Layer '{self.layer.name}' ({type(self.layer).__name__}) has no weight "
-                f"'{path}' to mask."
+                f"Layer '{self.layer.name}' ({type(self.layer).__name__}) has no weight '{path}'."
             )
         return variable
 
     def masked_value(self, path):
         """The weight at `path` with its mask applied (a tensor)."""
-        return ops.multiply(self.weight(path), self.masks[path])
+        value = self.weight(path)
+        if path in self.masks:
+            value = ops.multiply(value, self.masks[path])
+        return value
+
+    def effective_value(self, path):
+        """The weight as the forward pass uses it: masked, then fake-quantized."""
+        value = self.masked_value(path)
+        if path in self.quantized_weights:
+            value = quantizers.fake_quant_weight(value, self.quantize, self.quantized_weights[path])
+        return value
 
     def apply_masks(self):
         """Zeroes the stored weights where the masks are 0 (an in-place assign)."""
         for path in self.masked_weights:
             self.weight(path).assign(self.masked_value(path))
 
-    def call(self, inputs, *args, **kwargs):
+    def _activation(self, x, value_range, training):
+        if not _is_float(x):
+            return x
+        if training:
+            value_range.assign(quantizers.track_range(value_range, x, self.ranges_initialized, self.range_decay))
+        return quantizers.fake_quant_activation(x, value_range)
+
+    def call(self, inputs, *args, training=None, **kwargs):
         swaps = []
-        for path in self.masked_weights:
+        for path in dict.fromkeys(self.masked_weights + tuple(self.quantized_weights)):
             owner, attr = prunable.storage_of(self.layer, path)
-            value = self.masked_value(path)
+            value = self.effective_value(path)
             compute_dtype = self.layer.compute_dtype
-            if value.dtype != compute_dtype and "float" in str(value.dtype):
+            if value.dtype != compute_dtype and _is_float(value):
                 value = ops.cast(value, compute_dtype)  # mixed precision autocast
             swaps.append((owner, attr, value))
+        if self.quantize_activations:
+            inputs = self._activation(inputs, self.input_range, training)
         with _swapped(swaps):
-            return self.layer(inputs, *args, **kwargs)
+            outputs = self.layer(inputs, *args, **kwargs)
+        if self.quantize_activations:
+            outputs = self._activation(outputs, self.output_range, training)
+            if training:
+                self.ranges_initialized.assign(1.0)
+        return outputs
 
     def compute_mask(self, inputs, previous_mask=None):
         return self.layer.compute_mask(inputs, previous_mask)
 
     def get_config(self):
         config = super().get_config()
-        config["masked_weights"] = list(self.masked_weights)
+        config.update(
+            masked_weights=list(self.masked_weights),
+            quantize=self.quantize,
+            quantized_weights={p: list(a) for p, a in self.quantized_weights.items()},
+            quantize_activations=self.quantize_activations,
+            range_decay=self.range_decay,
+        )
         return config

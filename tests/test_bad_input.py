@@ -15,7 +15,7 @@ def model():
 
 
 def _unchanged(model, before):
-    assert not any(isinstance(layer, kc.PruneWrapper) for layer in model.layers)
+    assert not any(isinstance(layer, kc.CompressionWrapper) for layer in model.layers)
     for a, b in zip(before, weights_of(model)):
         np.testing.assert_array_equal(a, b)
 
@@ -86,7 +86,7 @@ def test_applying_a_scheme_to_a_wrapped_model(model):
     m, _ = model
     pruned = kc.Prune(0.5).apply(m)
     before = weights_of(pruned)
-    with pytest.raises(ValueError, match=r"already wrapped by PruneWrapper.*kc.strip\(model\).*kc.Compose"):
+    with pytest.raises(ValueError, match=r"already wrapped by CompressionWrapper.*kc.strip\(model\).*kc.Compose"):
         kc.NMPrune().apply(pruned)
     for a, b in zip(before, weights_of(pruned)):
         np.testing.assert_array_equal(a, b)

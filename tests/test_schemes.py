@@ -118,7 +118,7 @@ def test_nested_models_are_wrapped_and_left_untouched():
     )
     for a, b in zip(before, weights_of(model)):
         np.testing.assert_array_equal(a, b)
-    assert not any(isinstance(layer, kc.PruneWrapper) for layer in model.layers)
+    assert not any(isinstance(layer, kc.CompressionWrapper) for layer in model.layers)
 
 
 def test_unsupported_layers_are_skipped_and_listed():

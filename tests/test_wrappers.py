@@ -1,4 +1,4 @@
-"""PruneWrapper: masked forward pass, exact zeros under training, serialisation."""
+"""CompressionWrapper: masked forward pass, exact zeros under training, serialisation."""
 
 import os
 import subprocess
@@ -58,7 +58,7 @@ def test_every_supported_layer_uses_masked_weights(name):
     for path in wrapper.masked_weights:
         value = ops.convert_to_numpy(wrapper.weight(path))
         assert abs(np.count_nonzero(value) / value.size - 0.3) < 0.05, path
-    assert not any(isinstance(layer, kc.PruneWrapper) for layer in plain.layers)
+    assert not any(isinstance(layer, kc.CompressionWrapper) for layer in plain.layers)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from keras_condensa.operators.base import Operator, PruningOperator
 from keras_condensa.operators.compose import Compose
 from keras_condensa.operators.patterns import BlockPrune, NMPrune
 from keras_condensa.operators.prune import Prune
+from keras_condensa.operators.quantize import Quantize
 from keras_condensa.operators.structured import FilterPrune, NeuronPrune, StructurePrune
 
 __all__ = [
@@ -15,5 +16,6 @@ __all__ = [
     "Operator",
     "Prune",
     "PruningOperator",
+    "Quantize",
     "StructurePrune",
 ]

@@ -42,6 +42,10 @@ def check_density(density, name="density"):
 class Operator:
     """Base class of compression operators.
 
+    Subclasses say which weights of a layer they touch (`paths`) and how the
+    layer's wrapper is configured for them (`wrapper_arguments`); operators
+    that prune (`prunes = True`) also compute masks (`compute_masks`).
+
     Args:
         include: layer names or classes to cover; `None` covers every layer
             the operator supports. Naming a layer the operator cannot handle
@@ -64,9 +68,15 @@ class Operator:
         """Whether `include=` names this layer (by name or class)."""
         return _matches(layer, self.include)
 
+    prunes = False
+
     def paths(self, layer, spec):
-        """Weight paths this operator masks in `layer`; subclasses override."""
+        """Weight paths this operator touches in `layer`; subclasses override."""
         raise NotImplementedError
+
+    def wrapper_arguments(self, layer, spec):
+        """`CompressionWrapper` arguments for a covered layer (pruning: the masked weights)."""
+        return {"masked_weights": self.paths(layer, spec)}
 
     def reason_unsupported(self, layer, spec):
         """Why this operator cannot handle `layer`, or `None` if it can."""
@@ -107,6 +117,8 @@ class Operator:
 class PruningOperator(Operator):
     """Base of the pruning operators: a density, optionally reached by a schedule.
 
+    Subclasses implement `paths` and `compute_masks`.
+
     Args:
         density: fraction of weights (or structures) to keep, in (0, 1].
         schedule: optional `kc.PolynomialDecay` / `kc.ConstantSparsity`; its
@@ -114,6 +126,8 @@ class PruningOperator(Operator):
         include: see `Operator`.
         exclude: see `Operator`.
     """
+
+    prunes = True
 
     def __init__(self, density, schedule=None, include=None, exclude=None):
         super().__init__(include=include, exclude=exclude)

@@ -1,5 +1,7 @@
 """`Compose`: chains operators into one scheme (Condensa's `Compose`)."""
 
+import warnings
+
 from keras_condensa.operators.base import Operator
 
 
@@ -8,7 +10,9 @@ class Compose(Operator):
 
     Pruning operators run in order, each on the weights the previous ones
     left; a layer covered by several operators gets one wrapper whose mask is
-    the product of theirs.
+    the product of theirs. Quantization comes after pruning, as in Condensa's
+    `Compose([Prune, Quantize])`, so its ranges are those of the masked
+    weights: a list that quantizes first is reordered, with a warning.
 
     Args:
         operators: a list of operators (or nested `Compose`).
@@ -31,10 +35,18 @@ class Compose(Operator):
             if not isinstance(op, Operator):
                 raise TypeError(f"Compose takes keras_condensa operators. Received: {op!r}")
         super().__init__()
-        self._operators = list(operators)
+        leaves = [leaf for op in operators for leaf in op.operators()]
+        ordered = [op for op in leaves if op.prunes] + [op for op in leaves if not op.prunes]
+        if ordered != leaves:
+            warnings.warn(
+                "Compose lists quantization before pruning; pruning runs first so that the "
+                f"quantizer's ranges are those of the masked weights. Order used: {ordered}",
+                stacklevel=2,
+            )
+        self._operators = ordered
 
     def operators(self):
-        return [leaf for op in self._operators for leaf in op.operators()]
+        return list(self._operators)
 
     def selects(self, layer):
         return any(op.selects(layer) for op in self.operators())

@@ -95,6 +95,7 @@ class NMPrune(Operator):
         include, exclude: as in `kc.Prune`.
     """
 
+    prunes = True
     schedule = None
 
     def __init__(self, n=2, m=4, include=None, exclude=None):

@@ -1,0 +1,119 @@
+"""`Quantize`: float16, int8 and int4 weights (Condensa's `Quantize`), trained or post-training."""
+
+from keras_condensa import quantizers
+from keras_condensa.operators.base import Operator
+
+MODES = ("qat", "post_training")
+
+
+def _is_float(dtype):
+    return "float" in str(dtype)
+
+
+class Quantize(Operator):
+    """Quantizes weights (and for integer dtypes, activations) during fine-tuning.
+
+    - `"float16"`: weights rounded to float16 in the forward pass, so the
+      accuracy effect is visible before export (Condensa's default `Quantize`).
+    - `"int8"`: quantization-aware training. Weights are fake-quantized
+      symmetrically, one scale per output channel for convolutions and one per
+      tensor for Dense and EinsumDense (per-channel fully connected weights do
+      not get through the TFLite converter of TensorFlow 2.21); the layer's
+      float input and its output are fake-quantized per tensor within ranges
+      tracked by a moving average during training and frozen at inference.
+      On the TensorFlow backend these are the `FakeQuantWithMinMaxVars` ops the
+      TFLite converter turns into int8 kernels.
+    - `"int4"`: 4-bit weights, one scale per output channel; activations int8.
+
+    Symmetric weights keep zero exactly representable, so pruned zeros stay
+    zero. In `kc.Compose`, quantization runs after pruning and sees the masked
+    weights; a Compose that lists it first is reordered, with a warning.
+
+    With `mode="post_training"` it is a thin front to Keras's own
+    `model.quantize(dtype)` ("int8", "int4", "float8", ...) on a copy of a
+    plain (stripped) model, for users who cannot fine-tune.
+
+    Args:
+        dtype: `"float16"`, `"int8"` or `"int4"` (post-training: any mode
+            `keras.Model.quantize` accepts).
+        mode: `"qat"` (default) or `"post_training"`.
+        activations: for integer dtypes in QAT, also quantize activations.
+        include: layer names or classes to cover (default: all supported).
+        exclude: layer names or classes to leave in float.
+
+    Example:
+
+    ```python
+    scheme = kc.Compose([kc.Prune(0.1), kc.Quantize("int8")])
+    qat = scheme.apply(model)
+    qat.fit(x, y, epochs=3, callbacks=kc.callbacks(scheme))
+    ```
+    """
+
+    prunes = False
+    schedule = None
+
+    def __init__(self, dtype="int8", mode="qat", activations=True, include=None, exclude=None):
+        super().__init__(include=include, exclude=exclude)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}. Received: mode={mode!r}")
+        if mode == "qat":
+            quantizers.check_dtype(dtype)
+        self.dtype = dtype
+        self.mode = mode
+        self.activations = bool(activations)
+
+    def reason_unsupported(self, layer, spec):
+        reason = super().reason_unsupported(layer, spec)
+        if reason is None and self.dtype in quantizers.BITS and self.activations:
+            dtype = getattr(getattr(layer, "input", None), "dtype", "float32")
+            if not _is_float(dtype):
+                reason = (
+                    f"its inputs are {dtype}, not float: {self.dtype} quantization-aware training "
+                    "fake-quantizes a layer's float inputs (pass activations=False to quantize "
+                    "only its weights)"
+                )
+        return reason
+
+    def paths(self, layer, spec):
+        return spec.weights
+
+    def wrapper_arguments(self, layer, spec):
+        return {
+            "quantize": self.dtype,
+            "quantized_weights": {p: self.channel_axes(spec, p) for p in spec.weights},
+            "quantize_activations": self.activations and self.dtype in quantizers.BITS,
+        }
+
+    def channel_axes(self, spec, path):
+        """Per-channel axes of a weight: convolutions (and int4) per output channel."""
+        if self.dtype == "float16":
+            return ()
+        if path == spec.channel_weight and (spec.kind == "filter" or self.dtype == "int4"):
+            return spec.channel_axes
+        if path == "depthwise_kernel":
+            return (-2, -1)
+        return ()
+
+    def apply(self, model):
+        if self.mode == "qat":
+            return super().apply(model)
+        from keras_condensa import masking, surgery
+
+        surgery.check_model(model)
+        if any(True for _ in masking.iter_wrappers(model)):
+            raise ValueError(
+                "Post-training quantization applies to a plain model: strip the compressed model "
+                f"first, e.g. kc.Quantize({self.dtype!r}, mode='post_training').apply(kc.strip(model))."
+            )
+        copied = surgery.strip(model)
+        try:
+            copied.quantize(self.dtype)
+        except (ValueError, NotImplementedError) as error:
+            raise ValueError(f"keras.Model.quantize({self.dtype!r}) failed: {error}") from error
+        return copied
+
+    def get_config(self):
+        config = {"dtype": self.dtype, "mode": self.mode, "activations": self.activations}
+        config.update(super().get_config())
+        return config
