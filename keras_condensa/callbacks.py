@@ -3,7 +3,6 @@
 import warnings
 
 import keras
-from keras import ops
 
 from keras_condensa import masking
 from keras_condensa.operators.base import Operator
@@ -38,7 +37,7 @@ class UpdateMasks(keras.callbacks.Callback):
                 "scheme.apply(model), not the original."
             )
         optimizer = getattr(model, "optimizer", None)
-        self._start = int(ops.convert_to_numpy(optimizer.iterations)) if optimizer else 0
+        self._start = int(optimizer.iterations.numpy()) if optimizer else 0
         epochs, steps = self.params.get("epochs"), self.params.get("steps")
         self._total = epochs * steps if epochs and steps else None
         self._resolved = {op: op.schedule.resolve(self._total) for op in self._scheduled}

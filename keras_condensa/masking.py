@@ -1,6 +1,7 @@
 """Computing and enforcing masks over a wrapped model."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_condensa import prunable
@@ -67,7 +68,11 @@ def update_masks(scheme, model, densities):
         densities: `{operator: density}`; `None` leaves an operator out.
     """
     wrappers = list(iter_wrappers(model))
-    values = {(id(w), p): w.weight(p).value for w in wrappers for p in w.masked_weights}
+    values = {
+        (id(w), p): np.asarray(ops.convert_to_numpy(w.weight(p).value))
+        for w in wrappers
+        for p in w.masked_weights
+    }
     new_masks = {}
     for op in scheme.operators():
         density = densities.get(op)
@@ -80,19 +85,19 @@ def update_masks(scheme, model, densities):
         if not items:
             continue
         for key, mask in op.compute_masks(items, density).items():
-            values[key] = ops.multiply(values[key], mask)
-            new_masks[key] = mask if key not in new_masks else ops.multiply(new_masks[key], mask)
+            values[key] = values[key] * mask
+            new_masks[key] = mask if key not in new_masks else new_masks[key] * mask
     optimizer = getattr(model, "optimizer", None)
     slots = _optimizer_slots(optimizer) if optimizer is not None and optimizer.built else {}
     for w in wrappers:
         for p in w.masked_weights:
             mask = new_masks.get((id(w), p))
             if mask is None:
-                mask = ops.ones(w.masks[p].shape, w.masks[p].dtype)
+                mask = np.ones(tuple(w.masks[p].shape), "float32")
             w.masks[p].assign(mask)
             for slot in slots.get(_slot_prefix(w.weight(p)), ()):
-                if tuple(slot.shape) == tuple(mask.shape):
-                    slot.assign(ops.multiply(slot, ops.cast(mask, slot.dtype)))
+                if tuple(slot.shape) == mask.shape:
+                    slot.assign(ops.multiply(slot, ops.convert_to_tensor(mask, slot.dtype)))
         w.apply_masks()
 
 

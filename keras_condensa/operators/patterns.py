@@ -1,7 +1,5 @@
 """Pattern pruning: `BlockPrune` (whole tiles) and `NMPrune` (N of every M)."""
 
-from keras import ops
-
 from keras_condensa import masks, prunable
 from keras_condensa.operators.base import Operator, PruningOperator
 from keras_condensa.operators.prune import check_min_density, check_scope
@@ -60,11 +58,10 @@ class BlockPrune(PruningOperator):
                 keys.append((id(wrapper), path))
                 values.append(current[path])
                 grids.append(masks.block_scores(current[path], self.block_size, self.criterion))
-        flat = [ops.reshape(g, (-1,)) for g in grids]
         if self.scope == "global":
-            counts = masks.global_keep_counts(flat, density, self.min_layer_density)
+            counts = masks.global_keep_counts(grids, density, self.min_layer_density)
         else:
-            counts = [masks.keep_count(density, int(f.shape[0])) for f in flat]
+            counts = [masks.keep_count(density, g.size) for g in grids]
         return {
             k: masks.expand_block_mask(masks.topk_mask(g, c), v, self.block_size)
             for k, v, g, c in zip(keys, values, grids, counts)

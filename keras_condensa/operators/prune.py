@@ -1,6 +1,6 @@
 """`Prune`: unstructured magnitude pruning (Condensa's `Prune`)."""
 
-from keras import ops
+import numpy as np
 
 from keras_condensa import masks
 from keras_condensa.operators.base import PruningOperator
@@ -73,12 +73,9 @@ class Prune(PruningOperator):
                 values.append(current[path])
         if self.scope == "layer":
             return {k: masks.magnitude_mask(v, density) for k, v in zip(keys, values)}
-        scores = [ops.reshape(ops.abs(v), (-1,)) for v in values]
+        scores = [np.abs(v) for v in values]
         counts = masks.global_keep_counts(scores, density, self.min_layer_density)
-        return {
-            k: ops.cast(masks.topk_mask(ops.abs(v), c), v.dtype)
-            for k, v, c in zip(keys, values, counts)
-        }
+        return {k: masks.topk_mask(s, c) for k, s, c in zip(keys, scores, counts)}
 
     def get_config(self):
         config = super().get_config()

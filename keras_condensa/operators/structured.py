@@ -57,7 +57,7 @@ class _ChannelPrune(PruningOperator):
             masks.channel_scores(current[spec.channel_weight], spec.channel_axes, self.criterion)
             for _, spec, _, current in items
         ]
-        sizes = [int(s.shape[0]) for s in scores]
+        sizes = [s.size for s in scores]
         if self.scope == "global":
             aligns = [self.align] * len(scores) if self.align else None
             counts = masks.global_keep_counts(scores, density, self.min_layer_density, aligns)

@@ -1,0 +1,121 @@
+"""The tensorflow-model-optimization side of the benchmarks, in its own process.
+
+Importing tensorflow_model_optimization sets TF_USE_LEGACY_KERAS=1 and turns
+`tf.keras` into `tf_keras` for the whole process, so it must never share a
+process with keras_condensa (Keras 3). The benchmark scripts run this file
+as a subprocess:
+
+    python benchmarks/_tfmot_twin.py overhead '<json config>'
+    python benchmarks/_tfmot_twin.py accuracy '<json config>'
+    python benchmarks/_tfmot_twin.py accuracy - < config.json
+
+and read one JSON object from the last line of stdout. The models are tf_keras
+twins of the Keras 3 ones (`_digits.build(name, tf_keras)`: same layers,
+order and shapes), trained on the same split with the same optimizer,
+pruned with `prune_low_magnitude` + `PolynomialDecay`, the
+`UpdatePruningStep` callback, then `strip_pruning`.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _digits  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow_model_optimization as tfmot  # noqa: E402  (must come before tf_keras use)
+import tf_keras  # noqa: E402
+
+sparsity = tfmot.sparsity.keras
+
+
+def schedule(density, begin_step, end_step, frequency):
+    return sparsity.PolynomialDecay(
+        initial_sparsity=0.0,
+        final_sparsity=1.0 - density,
+        begin_step=int(begin_step),
+        end_step=int(end_step),
+        power=3,
+        frequency=int(frequency),
+    )
+
+
+def prune(model, density, begin_step, end_step, frequency):
+    pruned = sparsity.prune_low_magnitude(
+        model, pruning_schedule=schedule(density, begin_step, end_step, frequency)
+    )
+    _digits.compile_model(pruned, tf_keras)
+    return pruned, [sparsity.UpdatePruningStep()]
+
+
+def overhead(config):
+    """Step times of the plain tf_keras model and of its tfmot-pruned twin."""
+    results = {}
+    for model_name in config["models"]:
+        for batch_size in config["batch_sizes"]:
+
+            def plain(name, total_steps):
+                model = _digits.build(name, tf_keras)
+                _digits.compile_model(model, tf_keras)
+                return model, []
+
+            def pruned(name, total_steps):
+                end = int(round(config["end_fraction"] * total_steps))
+                return prune(
+                    _digits.build(name, tf_keras), config["density"], 0, end, config["frequency"]
+                )
+
+            row = _digits.time_variants(
+                {"plain": plain, "pruned": pruned},
+                model_name,
+                batch_size,
+                config["epochs"],
+                tf_keras,
+            )
+            row["plain"].pop("model")
+            model = row["pruned"].pop("model")
+            # The pruned model's final density, to show that the schedule ran.
+            row["pruned"]["density"] = _digits.kernel_density(sparsity.strip_pruning(model))
+            results[f"{model_name}/{batch_size}"] = row
+    return results
+
+
+def accuracy(config):
+    """Fine-tunes dense weights (.npz) with tfmot pruning; returns accuracy and density per job."""
+    model_name = config.get("model", "lenet300")
+    x_train, y_train, x_val, y_val = _digits.load(model_name)
+    out = []
+    for job in config["jobs"]:
+        tf_keras.utils.set_random_seed(job["seed"])
+        model = _digits.build(model_name, tf_keras)
+        with np.load(job["weights"]) as f:
+            model.set_weights([f[f"arr_{i}"] for i in range(len(f.files))])
+        pruned, callbacks = prune(
+            model, job["density"], config["begin_step"], config["end_step"], config["frequency"]
+        )
+        pruned.fit(
+            x_train,
+            y_train,
+            batch_size=config["batch_size"],
+            epochs=config["epochs"],
+            verbose=0,
+            callbacks=callbacks,
+        )
+        final = sparsity.strip_pruning(pruned)
+        acc = _digits.accuracy(final, x_val, y_val)
+        out.append({"acc": acc, "density": _digits.kernel_density(final)})
+    return {"results": out}
+
+
+def main():
+    # The config comes as an argument, or on stdin with "-" (the caller can start this
+    # process, which takes a while to import TensorFlow, before the config is ready).
+    mode, config = sys.argv[1], json.loads(sys.stdin.read() if sys.argv[2] == "-" else sys.argv[2])
+    result = {"overhead": overhead, "accuracy": accuracy}[mode](config)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

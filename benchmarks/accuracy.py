@@ -1,0 +1,307 @@
+"""Accuracy after pruning LeNet-300-100 on digits: keras-condensa vs tfmot.
+
+    .venv/bin/python benchmarks/accuracy.py
+    .venv/bin/python benchmarks/accuracy.py --seeds 0 --densities 0.1,0.02   # quicker
+
+Per seed, a dense LeNet-300-100 is trained (Adam, `--dense-epochs`), its
+weights saved as .npz; then for every density each method fine-tunes a model
+that starts from exactly those weights, for `--epochs` epochs, and reports
+validation accuracy and the measured density of the stripped model (nonzero
+fraction over all kernels: every Dense layer is pruned, biases are not).
+
+Methods (columns) share one gradual schedule: PolynomialDecay from sparsity
+0 at `begin` to `1 - density` at `end` (fractions of the fine-tuning run; the
+tfmot side gets the same steps as ints, since tfmot counts steps), with a
+mask update every `--frequency` steps.
+
+- kc:        `kc.Prune(density, schedule=kc.PolynomialDecay(...))`, global
+             magnitude threshold (the kc default, as Condensa).
+- kc-layer:  the same with `scope="layer"`: each layer keeps `density` of
+             its weights, as tfmot does; the like-for-like comparison.
+- tfmot:     tf_keras twin, `prune_low_magnitude` + `PolynomialDecay`,
+             `UpdatePruningStep`, `strip_pruning`, in its own process
+             (`_tfmot_twin.py`; tfmot must not share a process with Keras 3).
+
+The table shows medians over the seeds; a second table the min-max spread.
+
+Adding a method (quantization, L-C, distillation, ...): write a function
+`fn(model, density, data, ctx) -> {"acc": float, "density": float}` that
+gets a fresh Keras 3 model holding the dense weights, and add
+`InProcess("name", fn)` to `METHODS`. A method that must run in another
+process subclasses `Method` the way `Subprocess` does.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import _digits  # noqa: E402
+import numpy as np  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODEL = "lenet300"
+
+
+class Context:
+    """What every method gets besides the model: training settings and the schedule."""
+
+    def __init__(self, args, n_train):
+        self.batch_size = args.batch_size
+        self.epochs = args.epochs
+        self.begin_fraction = args.begin
+        self.end_fraction = args.end
+        self.frequency = args.frequency
+        self.total_steps = args.epochs * _digits.steps_per_epoch(n_train, args.batch_size)
+        # The same schedule in steps, for libraries that count steps (tfmot), resolved
+        # as kc resolves fractions: 0.0 is the first step (0), 1.0 the last (total - 1).
+        self.begin_step = int(round(args.begin * (self.total_steps - 1)))
+        self.end_step = int(round(args.end * (self.total_steps - 1)))
+        self.seed = 0  # set per job
+
+
+class Method:
+    """A column group of the table. `start` may launch background work; `results` collects it."""
+
+    name = "method"
+
+    def start(self, jobs, data, ctx):
+        self._results = [self.run_one(job, data, ctx) for job in jobs]
+
+    def results(self):
+        return self._results
+
+
+class InProcess(Method):
+    """A method run in this (Keras 3) process, one job at a time.
+
+    `fn(model, density, data, ctx) -> {"acc": ..., "density": ...}`; `model`
+    is a fresh compiled-or-not Keras 3 model holding the job's dense weights.
+    """
+
+    def __init__(self, name, fn):
+        self.name = name
+        self.fn = fn
+
+    def run_one(self, job, data, ctx):
+        import keras  # noqa: PLC0415
+
+        keras.utils.set_random_seed(job["seed"])
+        ctx.seed = job["seed"]
+        model = _digits.build(MODEL, keras)
+        with np.load(job["weights"]) as f:
+            model.set_weights([f[f"arr_{i}"] for i in range(len(f.files))])
+        return self.fn(model, job["density"], data, ctx)
+
+
+class Subprocess(Method):
+    """A method run by another script (`script mode -`, JSON in and out), in the background."""
+
+    def __init__(self, name, script, mode):
+        self.name = name
+        self.script = script
+        self.mode = mode
+
+    def launch(self):
+        """Starts the process early: it imports TensorFlow while the dense models train."""
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        env.pop("KERAS_BACKEND", None)
+        # stderr (TensorFlow's logs) goes to a file, so a full pipe never blocks the process.
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self._proc = subprocess.Popen(
+            [sys.executable, self.script, self.mode, "-"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            env=env,
+        )
+
+    def start(self, jobs, data, ctx):
+        config = {
+            "model": MODEL,
+            "jobs": jobs,
+            "epochs": ctx.epochs,
+            "batch_size": ctx.batch_size,
+            "begin_step": ctx.begin_step,
+            "end_step": ctx.end_step,
+            "frequency": ctx.frequency,
+        }
+        self._proc.stdin.write(json.dumps(config))
+        self._proc.stdin.close()
+
+    def results(self):
+        stdout = self._proc.stdout.read()
+        self._proc.wait()
+        if self._proc.returncode != 0:
+            self._stderr.seek(0)
+            sys.stderr.write(self._stderr.read()[-5000:])
+            raise RuntimeError(
+                f"{self.name}: {self.script} failed with exit code {self._proc.returncode}"
+            )
+        lines = [line for line in stdout.splitlines() if line.strip()]
+        return json.loads(lines[-1])["results"]
+
+
+def evaluate(model, data):
+    return _digits.accuracy(model, data[2], data[3])
+
+
+def kc_prune(model, density, data, ctx, scope="global"):
+    """kc.Prune with a PolynomialDecay schedule in fractions of the run."""
+    import keras  # noqa: PLC0415
+
+    import keras_condensa as kc  # noqa: PLC0415
+
+    scheme = kc.Prune(
+        density=density,
+        scope=scope,
+        schedule=kc.PolynomialDecay(
+            initial_sparsity=0.0,
+            begin_step=ctx.begin_fraction,
+            end_step=ctx.end_fraction,
+            frequency=ctx.frequency,
+        ),
+    )
+    pruned = scheme.apply(model)
+    _digits.compile_model(pruned, keras)
+    pruned.fit(
+        data[0],
+        data[1],
+        batch_size=ctx.batch_size,
+        epochs=ctx.epochs,
+        verbose=0,
+        callbacks=kc.callbacks(scheme),
+    )
+    final = kc.strip(pruned)
+    return {"acc": evaluate(final, data), "density": _digits.kernel_density(final)}
+
+
+def kc_prune_layer(model, density, data, ctx):
+    return kc_prune(model, density, data, ctx, scope="layer")
+
+
+METHODS = [
+    InProcess("kc", kc_prune),
+    InProcess("kc-layer", kc_prune_layer),
+    Subprocess("tfmot", os.path.join(HERE, "_tfmot_twin.py"), "accuracy"),
+]
+
+
+def train_dense(seed, data, args, path):
+    import keras  # noqa: PLC0415
+
+    keras.utils.set_random_seed(seed)
+    model = _digits.build(MODEL, keras)
+    _digits.compile_model(model, keras)
+    model.fit(data[0], data[1], batch_size=args.batch_size, epochs=args.dense_epochs, verbose=0)
+    np.savez(path, *model.get_weights())
+    return evaluate(model, data)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--densities", default="0.5,0.2,0.1,0.05,0.02")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--dense-epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--begin", type=float, default=0.0, help="schedule begin, fraction of fine-tuning"
+    )
+    parser.add_argument(
+        "--end", type=float, default=0.7, help="schedule end, fraction of fine-tuning"
+    )
+    parser.add_argument("--frequency", type=int, default=10, help="steps between mask updates")
+    parser.add_argument("--methods", default=",".join(m.name for m in METHODS))
+    parser.add_argument("--json", help="also write the raw results to this file")
+    args = parser.parse_args()
+
+    densities = [float(d) for d in args.densities.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    chosen = args.methods.split(",")
+    methods = [m for m in METHODS if m.name in chosen]
+    started = time.perf_counter()
+    data = _digits.load(MODEL)
+    ctx = Context(args, len(data[0]))
+    # kc warns when a fit stops before a schedule's target; the table shows the measured density.
+    warnings.filterwarnings("ignore", message=".*will reach sparsity.*")
+
+    for m in methods:
+        if isinstance(m, Subprocess):
+            m.launch()
+    with tempfile.TemporaryDirectory() as tmp:
+        dense_acc = {}
+        for seed in seeds:
+            path = os.path.join(tmp, f"dense_seed{seed}.npz")
+            dense_acc[seed] = train_dense(seed, data, args, path)
+        jobs = [
+            {"seed": s, "weights": os.path.join(tmp, f"dense_seed{s}.npz"), "density": d}
+            for d in densities
+            for s in seeds
+        ]
+        # Background methods first, so they overlap with the in-process ones.
+        ordered = sorted(methods, key=lambda m: not isinstance(m, Subprocess))
+        for m in ordered:
+            m.start(jobs, data, ctx)
+        results = {m.name: m.results() for m in ordered}
+    elapsed = time.perf_counter() - started
+
+    def cell(name, density, key):
+        values = [
+            r[key] for j, r in zip(jobs, results[name], strict=True) if j["density"] == density
+        ]
+        return values
+
+    print(
+        f"\nLeNet-300-100 on digits ({len(data[0])} train / {len(data[2])} val), Adam 1e-3, "
+        f"batch {args.batch_size}."
+        f"\nDense: {args.dense_epochs} epochs. Pruning: {args.epochs} fine-tuning epochs from the "
+        "dense weights, PolynomialDecay 0 -> 1-density"
+        f"\nfrom {args.begin:.0%} to {args.end:.0%} of the run (steps {ctx.begin_step} -> "
+        f"{ctx.end_step} of {ctx.total_steps}), mask update every {args.frequency} steps."
+        f"\nMedian over seeds {seeds}. 'dens' = measured nonzero fraction over all kernels of the "
+        "stripped model."
+    )
+    names = [m.name for m in methods]
+    header = f"{'density':>8}{'dense acc':>11}" + "".join(f"{n + ' acc':>14}" for n in names)
+    header += "".join(f"{n + ' dens':>15}" for n in names)
+    print(header)
+    print("-" * len(header))
+    dense_med = float(np.median(list(dense_acc.values())))
+    for d in densities:
+        line = f"{d:>8.2f}{dense_med:>11.4f}"
+        line += "".join(f"{np.median(cell(n, d, 'acc')):>14.4f}" for n in names)
+        line += "".join(f"{np.median(cell(n, d, 'density')):>15.4f}" for n in names)
+        print(line)
+    print("\nSpread over seeds (min-max accuracy):")
+    header = f"{'density':>8}{'dense':>15}" + "".join(f"{n:>17}" for n in names)
+    print(header)
+    print("-" * len(header))
+    dvals = list(dense_acc.values())
+    for d in densities:
+        line = f"{d:>8.2f}{min(dvals):>8.4f}-{max(dvals):.4f}"
+        for n in names:
+            v = cell(n, d, "acc")
+            line += f"{min(v):>10.4f}-{max(v):.4f}"
+        print(line)
+    print(f"\nTotal time {elapsed:.0f} s.")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {"args": vars(args), "dense_acc": dense_acc, "jobs": jobs, "results": results},
+                f,
+                indent=1,
+            )
+
+
+if __name__ == "__main__":
+    main()
