@@ -1,0 +1,13 @@
+"""Constrained search: the cheapest compression that still meets a bound.
+
+`ConstrainedBayesianOracle` is a `keras_tuner.Oracle` that minimises a cost
+(bytes, latency, nonzero parameters) subject to a `Constraint` on another
+metric (an accuracy floor), driven the standard Keras Tuner way;
+`CompressionTuner` runs the compression trials against it.
+"""
+
+from keras_condensa.search.constraint import Constraint
+from keras_condensa.search.oracle import ConstrainedBayesianOracle
+from keras_condensa.search.tuner import CompressionTuner
+
+__all__ = ["CompressionTuner", "ConstrainedBayesianOracle", "Constraint"]

@@ -1,0 +1,504 @@
+"""ConstrainedBayesianOracle and Constraint, driven the standard Keras Tuner way.
+
+The "models" are synthetic accuracy-versus-density curves (monotone, like a
+pruned network's), so that every search is fast and its optimum is known.
+"""
+
+import json
+import math
+import shutil
+import warnings
+
+import keras_tuner
+import numpy as np
+import pytest
+from keras_tuner.engine import trial as trial_module
+
+from keras_condensa.search import ConstrainedBayesianOracle, Constraint
+
+MIN_DENSITY = 0.005
+WEIGHTS = 50_000
+
+
+def accuracy_curve(boundary_density, floor=0.96, top=0.98, steepness=2.0):
+    """A sigmoid in log-density that crosses `floor` exactly at `boundary_density`."""
+    # acc(d) = low + (top - low) * sigmoid(k * (log d - c)); choose c so that acc(boundary) = floor.
+    low = 0.1
+    frac = (floor - low) / (top - low)
+    centre = math.log(boundary_density) - math.log(frac / (1 - frac)) / steepness
+
+    def accuracy(density):
+        return low + (top - low) / (1 + math.exp(-steepness * (math.log(density) - centre)))
+
+    return accuracy
+
+
+def density_space():
+    hp = keras_tuner.HyperParameters()
+    hp.Float("density", MIN_DENSITY, 1.0, sampling="log")
+    return hp
+
+
+def make_oracle(floor=0.96, max_trials=10, seed=0, hyperparameters=None, **kwargs):
+    oracle = ConstrainedBayesianOracle(
+        objective=keras_tuner.Objective("nonzero_params", "min"),
+        constraint=Constraint("val_accuracy", min_value=floor),
+        hyperparameters=hyperparameters or density_space(),
+        max_trials=max_trials,
+        seed=seed,
+        **kwargs,
+    )
+    oracle.verbose = 0
+    return oracle
+
+
+def run_trial(oracle, evaluate, tuner_id="tuner0"):
+    """One trial the standard Keras Tuner way; `evaluate(values)` gives metrics, None: failed."""
+    trial = oracle.create_trial(tuner_id)
+    if trial.status != "RUNNING":
+        return None
+    metrics = evaluate(trial.hyperparameters.values)
+    if metrics is None:
+        trial.status = "FAILED"
+        trial.message = "synthetic failure"
+    else:
+        oracle.update_trial(trial.trial_id, metrics)
+        trial.status = "COMPLETED"
+    oracle.end_trial(trial)
+    return trial
+
+
+def search(oracle, evaluate, n=None):
+    trials = []
+    for _ in range(n or oracle.max_trials):
+        trial = run_trial(oracle, evaluate)
+        if trial is None:
+            break
+        trials.append(trial)
+    return trials
+
+
+def density_metrics(accuracy):
+    def evaluate(values):
+        d = values["density"]
+        return {"nonzero_params": d * WEIGHTS, "val_accuracy": accuracy(d)}
+
+    return evaluate
+
+
+def u_of(density):
+    """Keras Tuner's log scale: the unit-interval coordinate of a density."""
+    return math.log(density / MIN_DENSITY) / math.log(1.0 / MIN_DENSITY)
+
+
+# ---------------------------------------------------------------------------
+# Finding the boundary.
+
+
+@pytest.mark.parametrize("boundary", [0.02, 0.1, 0.4])
+def test_finds_the_lowest_feasible_density_within_ten_trials(boundary):
+    oracle = make_oracle(floor=0.96, max_trials=10)
+    search(oracle, density_metrics(accuracy_curve(boundary, floor=0.96)))
+    best = oracle.get_best_trials(1)[0]
+    assert oracle.is_feasible(best)
+    found = best.hyperparameters.get("density")
+    assert found >= boundary * (1 - 1e-9)
+    # Within 2% of the log range above the boundary (~11% in density).
+    assert u_of(found) - u_of(boundary) < 0.02
+
+
+def test_every_proposal_is_a_new_point():
+    oracle = make_oracle(max_trials=14)
+    trials = search(oracle, density_metrics(accuracy_curve(0.08)))
+    densities = [t.hyperparameters.get("density") for t in trials]
+    assert len(set(densities)) == len(densities) == 14
+    assert all(MIN_DENSITY <= d <= 1.0 for d in densities)
+
+
+def test_initial_design_starts_at_the_dense_end():
+    oracle = make_oracle()
+    trials = search(oracle, density_metrics(accuracy_curve(0.08)), n=2)
+    assert trials[0].hyperparameters.get("density") == pytest.approx(1.0)
+    assert trials[1].hyperparameters.get("density") == pytest.approx(math.sqrt(MIN_DENSITY))
+
+
+def test_works_when_the_constraint_is_a_ceiling_and_the_objective_is_maximised():
+    # Maximise a compression ratio (1 / density) under a latency ceiling that
+    # grows with density: the same problem, mirrored.
+    oracle = ConstrainedBayesianOracle(
+        objective=keras_tuner.Objective("compression", "max"),
+        constraint=Constraint("error", max_value=0.04),
+        hyperparameters=density_space(),
+        max_trials=10,
+        seed=3,
+    )
+    oracle.verbose = 0
+    accuracy = accuracy_curve(0.05, floor=0.96)
+
+    def evaluate(values):
+        d = values["density"]
+        return {"compression": 1 / d, "error": 1 - accuracy(d)}
+
+    search(oracle, evaluate)
+    best = oracle.get_best_trials(1)[0]
+    assert oracle.is_feasible(best)
+    assert u_of(best.hyperparameters.get("density")) - u_of(0.05) < 0.03
+
+
+# ---------------------------------------------------------------------------
+# Infeasible and failed trials.
+
+
+def test_infeasible_trials_are_data_for_the_constraint_model():
+    oracle = make_oracle(max_trials=8)
+    trials = search(oracle, density_metrics(accuracy_curve(0.1)))
+    infeasible = [t for t in trials if not oracle.is_feasible(t)]
+    assert infeasible, "the search should have probed below the boundary"
+    data = oracle._collect()
+    assert len(data.constraint) == len(trials)  # nothing dropped
+    assert np.sum(~data.feasible) == len(infeasible)
+    # And they shape the search: after the first infeasible trial, the next
+    # proposal lies between it and the lowest feasible density seen so far.
+    first = next(i for i, t in enumerate(trials) if not oracle.is_feasible(t))
+    low = trials[first].hyperparameters.get("density")
+    high = min(
+        t.hyperparameters.get("density") for t in trials[: first + 1] if oracle.is_feasible(t)
+    )
+    assert low < trials[first + 1].hyperparameters.get("density") < high
+
+
+def test_failed_trials_are_never_proposed_again_and_rank_last():
+    oracle = make_oracle(max_trials=10)
+    accuracy = accuracy_curve(0.1)
+    failed = []
+
+    def evaluate(values):
+        d = values["density"]
+        if 0.12 < d < 0.5 and len(failed) < 2:  # e.g. out of memory, twice
+            failed.append(d)
+            return None
+        return {"nonzero_params": d * WEIGHTS, "val_accuracy": accuracy(d)}
+
+    trials = search(oracle, evaluate)
+    assert len(failed) == 2
+    statuses = [t.status for t in trials]
+    assert statuses.count("FAILED") == 2
+    proposed = [t.hyperparameters.get("density") for t in trials]
+    assert len(set(proposed)) == len(proposed)
+    ranked = oracle.get_best_trials(len(trials))
+    assert [t.status for t in ranked[-2:]] == ["FAILED", "FAILED"]
+    assert oracle.is_feasible(ranked[0])
+
+
+def test_nothing_feasible_warns_names_the_constraint_and_ranks_by_violation():
+    constraint = Constraint("val_accuracy", min_value=0.995)
+    oracle = ConstrainedBayesianOracle(
+        objective=keras_tuner.Objective("nonzero_params", "min"),
+        constraint=constraint,
+        hyperparameters=density_space(),
+        max_trials=6,
+        seed=0,
+    )
+    oracle.verbose = 0
+    accuracy = accuracy_curve(0.1)  # tops out at 0.98
+    with pytest.warns(UserWarning, match=r"No trial met the constraint val_accuracy >= 0\.995"):
+        trials = search(oracle, density_metrics(accuracy))
+    assert len(trials) == 6
+    assert oracle.violated_constraint == constraint
+    best = oracle.get_best_trials(6)
+    values = [oracle.constraint_value(t) for t in best]
+    assert values == sorted(values, reverse=True)  # closest to the floor first
+    assert best[0].status == "COMPLETED"
+
+
+def test_violated_constraint_is_none_once_a_trial_is_feasible():
+    oracle = make_oracle()
+    assert oracle.violated_constraint is None
+    search(oracle, density_metrics(accuracy_curve(0.1)), n=1)  # the dense end: feasible
+    assert oracle.violated_constraint is None
+
+
+# ---------------------------------------------------------------------------
+# Ranking and the Pareto front.
+
+
+def feed(oracle, points):
+    """Completes trials at given (density, accuracy) points, whatever was proposed."""
+    for density, accuracy in points:
+        trial = oracle.create_trial("tuner0")
+        trial.hyperparameters.values["density"] = density
+        oracle.update_trial(
+            trial.trial_id, {"nonzero_params": density * WEIGHTS, "val_accuracy": accuracy}
+        )
+        trial.status = "COMPLETED"
+        oracle.end_trial(trial)
+
+
+def test_best_trials_are_feasible_by_objective_then_infeasible_by_violation():
+    oracle = make_oracle(floor=0.96, max_trials=10)
+    feed(oracle, [(1.0, 0.98), (0.02, 0.90), (0.2, 0.97), (0.05, 0.95), (0.1, 0.961)])
+    ranked = [t.hyperparameters.get("density") for t in oracle.get_best_trials(5)]
+    assert ranked == [0.1, 0.2, 1.0, 0.05, 0.02]
+    assert oracle.get_best_trials(1)[0].score == pytest.approx(0.1 * WEIGHTS)
+
+
+def test_pareto_front_keeps_feasible_trials_not_dominated():
+    oracle = make_oracle(floor=0.96, max_trials=10)
+    feed(oracle, [(1.0, 0.975), (0.5, 0.98), (0.2, 0.97), (0.3, 0.965), (0.05, 0.95)])
+    front = [t.hyperparameters.get("density") for t in oracle.pareto_front()]
+    # 1.0 is dominated by 0.5 (cheaper and more accurate); 0.3 by 0.2; 0.05 is infeasible.
+    assert front == [0.2, 0.5]
+
+
+def test_score_uses_the_step_where_the_constraint_is_met():
+    oracle = make_oracle(floor=0.96)
+    trial = oracle.create_trial("tuner0")
+    for epoch, accuracy in enumerate([0.90, 0.97, 0.95]):  # cost constant per epoch
+        oracle.update_trial(
+            trial.trial_id, {"nonzero_params": 500.0, "val_accuracy": accuracy}, step=epoch
+        )
+    trial.status = "COMPLETED"
+    oracle.end_trial(trial)
+    assert trial.best_step == 1
+    assert oracle.constraint_value(trial) == pytest.approx(0.97)
+    assert oracle.is_feasible(trial)
+
+
+# ---------------------------------------------------------------------------
+# Several dimensions, parallel and distributed use.
+
+
+def test_per_layer_densities_and_a_scheme_choice():
+    hp = keras_tuner.HyperParameters()
+    hp.Float("fc1_density", 0.01, 1.0, sampling="log")
+    hp.Float("fc2_density", 0.01, 1.0, sampling="log")
+    hp.Choice("scheme", ["unstructured", "block"])
+    sizes = {"fc1_density": 19_200, "fc2_density": 30_000}
+    accuracy = accuracy_curve(0.1, floor=0.96)
+
+    def evaluate(values):
+        kept = sum(values[k] * n for k, n in sizes.items())
+        effective = kept / sum(sizes.values())
+        penalty = 0.02 if values["scheme"] == "block" else 0.0
+        return {"nonzero_params": kept, "val_accuracy": accuracy(effective) - penalty}
+
+    oracle = make_oracle(floor=0.96, max_trials=20, hyperparameters=hp, seed=1)
+    trials = search(oracle, evaluate)
+    assert len(trials) == 20
+    assert all(t.hyperparameters.get("scheme") in ("unstructured", "block") for t in trials)
+    keys = {json.dumps(t.hyperparameters.values, sort_keys=True) for t in trials}
+    assert len(keys) == 20
+    best = oracle.get_best_trials(1)[0]
+    assert oracle.is_feasible(best)
+    # The optimum keeps 10% of all weights with the unstructured scheme.
+    optimum = 0.1 * sum(sizes.values())
+    assert best.score < 1.1 * optimum
+    assert best.hyperparameters.get("scheme") == "unstructured"
+
+
+def test_running_trials_of_parallel_tuners_get_different_points():
+    oracle = make_oracle(max_trials=10)
+    search(oracle, density_metrics(accuracy_curve(0.1)), n=4)
+    first = oracle.create_trial("tuner0")
+    second = oracle.create_trial("tuner1")
+    assert first.status == second.status == "RUNNING"
+    assert first.hyperparameters.get("density") != second.hyperparameters.get("density")
+
+
+def test_trials_round_tripped_through_protos_like_a_distributed_worker():
+    # A worker gets a copy of the trial over gRPC and sends back only metrics
+    # (update_trial) and the trial's status (end_trial).
+    accuracy = accuracy_curve(0.1)
+    local = make_oracle(seed=4)
+    remote = make_oracle(seed=4)
+    for _ in range(7):
+        for oracle, wire in ((local, False), (remote, True)):
+            trial = oracle.create_trial("worker0")
+            if wire:
+                trial = trial_module.Trial.from_proto(trial.to_proto())
+            d = trial.hyperparameters.get("density")
+            oracle.update_trial(
+                trial.trial_id, {"nonzero_params": d * WEIGHTS, "val_accuracy": accuracy(d)}
+            )
+            trial.status = "COMPLETED"
+            if wire:
+                trial = trial_module.Trial.from_proto(trial.to_proto())
+            oracle.end_trial(trial)
+    densities = [
+        [t.hyperparameters.get("density") for _, t in sorted(o.trials.items())]
+        for o in (local, remote)
+    ]
+    assert densities[0] == densities[1]
+
+
+def test_inside_a_keras_tuner_tuner(tmp_path):
+    accuracy = accuracy_curve(0.1)
+
+    class CurveTuner(keras_tuner.Tuner):
+        def run_trial(self, trial, *args, **kwargs):
+            d = trial.hyperparameters.get("density")
+            return {"nonzero_params": d * WEIGHTS, "val_accuracy": accuracy(d)}
+
+    tuner = CurveTuner(
+        oracle=make_oracle(max_trials=8),
+        directory=str(tmp_path),
+        project_name="curve",
+    )
+    tuner.search_space_summary = lambda *a, **k: None
+    tuner.search(verbose=0)
+    best = tuner.oracle.get_best_trials(1)[0]
+    assert tuner.oracle.is_feasible(best)
+    assert len(tuner.oracle.trials) == 8
+
+
+# ---------------------------------------------------------------------------
+# Persistence.
+
+
+@pytest.mark.parametrize("multi_dimensional", [False, True])
+def test_reloaded_oracle_proposes_the_same_next_point(tmp_path, multi_dimensional):
+    if multi_dimensional:
+        hp = keras_tuner.HyperParameters()
+        hp.Float("density", MIN_DENSITY, 1.0, sampling="log")
+        hp.Choice("scheme", ["unstructured", "block"])
+    else:
+        hp = density_space()
+    accuracy = accuracy_curve(0.1)
+
+    def evaluate(values):
+        d = values["density"]
+        drop = 0.01 if values.get("scheme") == "block" else 0.0
+        return {"nonzero_params": d * WEIGHTS, "val_accuracy": accuracy(d) - drop}
+
+    original = make_oracle(max_trials=12, hyperparameters=hp, seed=7)
+    original._set_project_dir(str(tmp_path / "a"), "search")
+    search(original, evaluate, n=6)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+
+    reloaded = make_oracle(max_trials=12, hyperparameters=hp.copy(), seed=7)
+    reloaded._set_project_dir(str(tmp_path / "b"), "search")
+    reloaded.reload()
+    assert sorted(reloaded.trials) == sorted(original.trials)
+    json.dumps(reloaded.get_state())  # the state is plain JSON
+
+    for _ in range(3):
+        a = run_trial(original, evaluate)
+        b = run_trial(reloaded, evaluate)
+        assert a.hyperparameters.values == b.hyperparameters.values
+
+
+def test_reload_without_a_project_directory_says_what_to_do():
+    with pytest.raises(RuntimeError, match="_set_project_dir"):
+        make_oracle().reload()
+
+
+def test_reload_under_another_constraint_warns(tmp_path):
+    oracle = make_oracle(floor=0.96)
+    oracle._set_project_dir(str(tmp_path), "search")
+    search(oracle, density_metrics(accuracy_curve(0.1)), n=3)
+    other = make_oracle(floor=0.95)
+    other._set_project_dir(str(tmp_path), "search")
+    with pytest.warns(UserWarning, match="searched under Constraint"):
+        other.reload()
+
+
+# ---------------------------------------------------------------------------
+# Bad input.
+
+
+@pytest.mark.parametrize("max_trials", [0, -3, 2.5, None, True])
+def test_max_trials_must_be_a_positive_int(max_trials):
+    with pytest.raises(ValueError, match=r"max_trials.*Received: max_trials="):
+        make_oracle(max_trials=max_trials)
+
+
+def test_constraint_needs_a_bound():
+    with pytest.raises(ValueError, match="at least one bound"):
+        Constraint("val_accuracy")
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"name": "", "min_value": 0.9}, ValueError, "non-empty"),
+        ({"name": 3, "min_value": 0.9}, TypeError, "Received: name=3"),
+        ({"name": "acc", "min_value": "0.9"}, TypeError, "must be a number"),
+        ({"name": "acc", "min_value": float("nan")}, ValueError, "finite"),
+        ({"name": "acc", "min_value": 0.9, "max_value": 0.8}, ValueError, "empty feasible set"),
+    ],
+)
+def test_constraint_rejects_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        Constraint(**kwargs)
+
+
+def test_oracle_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="objective` is required"):
+        ConstrainedBayesianOracle(constraint=Constraint("val_accuracy", min_value=0.9))
+    with pytest.raises(ValueError, match="single objective"):
+        ConstrainedBayesianOracle(
+            objective=["a", "b"], constraint=Constraint("val_accuracy", min_value=0.9)
+        )
+    with pytest.raises(TypeError, match="keras_condensa.search.Constraint"):
+        ConstrainedBayesianOracle(
+            objective=keras_tuner.Objective("bytes", "min"), constraint={"val_accuracy": 0.9}
+        )
+    with pytest.raises(ValueError, match="same metric"):
+        ConstrainedBayesianOracle(
+            objective=keras_tuner.Objective("val_accuracy", "max"),
+            constraint=Constraint("val_accuracy", min_value=0.9),
+        )
+    with pytest.raises(TypeError, match="monotone"):
+        make_oracle(monotone="yes")
+    with pytest.raises(ValueError, match=r"monotone\['density'\]"):
+        make_oracle(monotone={"density": 2})
+    with pytest.raises(ValueError, match="num_initial_points"):
+        make_oracle(num_initial_points=0)
+
+
+def test_objective_that_trials_do_not_report_names_what_they_reported():
+    oracle = make_oracle()
+    trial = oracle.create_trial("tuner0")
+    with pytest.raises(ValueError, match=r"'nonzero_params'.*\['loss', 'val_accuracy'\]"):
+        oracle.update_trial(trial.trial_id, {"val_accuracy": 0.97, "loss": 0.1})
+
+
+def test_constraint_metric_that_a_trial_does_not_report_names_what_it_reported():
+    oracle = make_oracle()
+    trial = oracle.create_trial("tuner0")
+    oracle.update_trial(trial.trial_id, {"nonzero_params": 1000.0, "accuracy": 0.97})
+    trial.status = "COMPLETED"
+    with pytest.raises(ValueError, match=r"'val_accuracy'.*\['accuracy', 'nonzero_params'\]"):
+        oracle.end_trial(trial)
+
+
+# ---------------------------------------------------------------------------
+# Constraint.
+
+
+def test_constraint_violation_and_round_trip():
+    floor = Constraint("val_accuracy", min_value=0.97)
+    assert floor.is_satisfied(0.97) and not floor.is_satisfied(0.969)
+    assert floor.violation(0.95) == pytest.approx(0.02)
+    assert floor.violation(float("nan")) == math.inf
+    band = Constraint("latency_ms", min_value=1, max_value=5)
+    assert band.violation(7) == pytest.approx(2) and band.violation(3) == 0.0
+    assert band.describe() == "1 <= latency_ms <= 5"
+    assert Constraint.from_config(json.loads(json.dumps(band.get_config()))) == band
+    assert repr(floor) == "Constraint('val_accuracy', min_value=0.97)"
+
+
+def test_two_sided_constraint_searches_without_monotone_structure():
+    oracle = ConstrainedBayesianOracle(
+        objective=keras_tuner.Objective("nonzero_params", "min"),
+        constraint=Constraint("val_accuracy", min_value=0.95, max_value=0.975),
+        hyperparameters=density_space(),
+        max_trials=10,
+        seed=2,
+    )
+    oracle.verbose = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "nothing feasible" warning
+        search(oracle, density_metrics(accuracy_curve(0.05, floor=0.95)))
+    best = oracle.get_best_trials(1)[0]
+    assert oracle.is_feasible(best)
