@@ -14,6 +14,7 @@ kc.summary(final)
 ```
 """
 
+from keras_condensa import search
 from keras_condensa.callbacks import UpdateMasks, callbacks
 from keras_condensa.operators import (
     BlockPrune,
@@ -56,6 +57,7 @@ __all__ = [
     "__version__",
     "callbacks",
     "register_prunable",
+    "search",
     "strip",
     "summary",
 ]
