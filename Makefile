@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/digits_prune.py
+	TF_CPP_MIN_LOG_LEVEL=3 $(VENV)/bin/keras-condensa demo
 
 test: test-tensorflow test-jax
 

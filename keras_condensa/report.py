@@ -1,0 +1,236 @@
+"""Search reports: `report.md`, `pareto.png` and `trials.csv` from a compression search.
+
+Everything here works on plain rows (dicts), so a report can be rebuilt from
+`trials.csv` alone. matplotlib is used with its Agg backend (no display).
+"""
+
+import csv
+import io
+import math
+import os
+import tempfile
+
+#: Columns of `trials.csv`, in order.
+TRIAL_COLUMNS = (
+    "trial",
+    "status",
+    "density_hp",
+    "val_accuracy",
+    "nonzero_params",
+    "params",
+    "density",
+    "tflite_bytes",
+    "tflite_gzip_bytes",
+    "litert_latency_ms",
+    "keras_latency_ms",
+    "feasible",
+    "best",
+)
+
+
+def write_atomically(path, data):
+    """Writes `data` (str or bytes) to `path` through a temporary file and `os.replace`.
+
+    Args:
+        path: the destination.
+        data: the content; `str` is written as UTF-8.
+
+    Raises:
+        OSError: the directory is not writable; `path` is then left as it was.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _fmt(value, digits=4):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) >= 100:
+            return f"{int(value):,}"
+        return f"{value:.{digits}g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def trials_csv(rows):
+    """The trials as CSV text with the `TRIAL_COLUMNS` header.
+
+    Args:
+        rows: dicts keyed by (some of) `TRIAL_COLUMNS`.
+
+    Returns:
+        The CSV text.
+    """
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=TRIAL_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in TRIAL_COLUMNS})
+    return out.getvalue()
+
+
+def pareto_png(rows, cost, floor, path, title=None):
+    """Plots accuracy against cost for every completed trial and writes a PNG.
+
+    Feasible trials are filled circles, infeasible ones crosses, the chosen
+    one a large star; the accuracy floor is a dashed horizontal line.
+
+    Args:
+        rows: trial dicts with `val_accuracy`, `cost`'s column, `feasible`
+            and `best`.
+        cost: the column on the x axis (e.g. `"tflite_bytes"`).
+        floor: the accuracy floor.
+        path: the `.png` to write (atomically).
+        title: optional title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    done = [r for r in rows if r.get("val_accuracy") is not None and r.get(cost) is not None]
+    fig = Figure(figsize=(6.4, 4.4), dpi=110)
+    ax = fig.add_subplot()
+    feasible = [r for r in done if r.get("feasible")]
+    infeasible = [r for r in done if not r.get("feasible")]
+    if feasible:
+        ax.scatter(
+            [r[cost] for r in feasible],
+            [r["val_accuracy"] for r in feasible],
+            marker="o",
+            color="tab:green",
+            label="feasible",
+        )
+    if infeasible:
+        ax.scatter(
+            [r[cost] for r in infeasible],
+            [r["val_accuracy"] for r in infeasible],
+            marker="x",
+            color="tab:red",
+            label="below the floor",
+        )
+    for r in done:
+        ax.annotate(str(r["trial"]), (r[cost], r["val_accuracy"]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    best = [r for r in done if r.get("best")]
+    if best:
+        ax.scatter(
+            [best[0][cost]],
+            [best[0]["val_accuracy"]],
+            marker="*",
+            s=260,
+            facecolor="gold",
+            edgecolor="black",
+            zorder=3,
+            label="chosen",
+        )
+    ax.axhline(floor, linestyle="--", color="gray", label=f"floor {floor:.4f}")
+    costs = [r[cost] for r in done if r[cost] > 0]
+    if costs and max(costs) / min(costs) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel(cost)
+    ax.set_ylabel("val_accuracy")
+    ax.set_title(title or f"Compression search: val_accuracy against {cost}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    write_atomically(path, buffer.getvalue())
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def report_markdown(info, rows, layers, png_name="pareto.png"):
+    """The text of `report.md`.
+
+    Args:
+        info: dict with `model`, `objective`, `dense_accuracy`, `floor`,
+            `best` (a trial row or None), `exported` (dict of `bytes`,
+            `gzip_bytes`, `top1_agreement`, `max_abs_error`, `p50_ms` or
+            None), `backend`, `elapsed_s`.
+        rows: trial dicts (see `TRIAL_COLUMNS`).
+        layers: per-layer rows of the best model: dicts with `name`,
+            `class_name`, `params`, `nonzeros`, `density`.
+        png_name: the plot's file name, linked from the report.
+
+    Returns:
+        Markdown text.
+    """
+    best = info.get("best")
+    objective = info["objective"]
+    out = [
+        "# Compression search report",
+        "",
+        f"- model: `{info.get('model', '-')}`",
+        f"- backend: {info.get('backend', '-')}",
+        f"- objective: minimise `{objective}` subject to val_accuracy >= floor",
+        f"- dense val_accuracy: {info['dense_accuracy']:.4f}; floor: {info['floor']:.4f}",
+        f"- trials: {len(rows)} ({sum(1 for r in rows if r.get('feasible'))} feasible)",
+    ]
+    if info.get("elapsed_s") is not None:
+        out.append(f"- wall time: {info['elapsed_s']:.1f} s")
+    out.append("")
+    if best is not None:
+        feasible = (
+            "meets the floor" if best.get("feasible") else "**below the floor** (none met it)"
+        )
+        out += [
+            "## Chosen model",
+            "",
+            f"Trial {best['trial']}: prune density {_fmt(best.get('density_hp'))}, "
+            f"val_accuracy {_fmt(best.get('val_accuracy'))} ({feasible}), "
+            f"{objective} {_fmt(best.get(objective))}.",
+            "",
+        ]
+    exported = info.get("exported")
+    if exported:
+        out += [
+            f"Exported `best.tflite`: {exported['bytes']:,} bytes, "
+            f"{exported['gzip_bytes']:,} gzip bytes, LiteRT p50 {exported['p50_ms']:.4f} ms; "
+            f"LiteRT against Keras: top-1 agreement {exported['top1_agreement']:.4f}, "
+            f"max abs error {exported['max_abs_error']:.4g}.",
+            "",
+        ]
+    out += [f"![accuracy against {objective}]({png_name})", ""]
+    if layers:
+        out += ["## Per-layer density of the chosen model", ""]
+        out.append(
+            _table(
+                ("layer", "class", "params", "nonzeros", "density"),
+                [
+                    (r["name"], r["class_name"], f"{r['params']:,}", f"{r['nonzeros']:,}",
+                     f"{r['density']:.4f}")
+                    for r in layers
+                ],
+            )
+        )
+        out.append("")
+    out += ["## Trials", ""]
+    columns = ("trial", "status", "density_hp", "val_accuracy", "nonzero_params", objective,
+               "feasible", "best")
+    columns = tuple(dict.fromkeys(columns))
+    out.append(_table(columns, [[_fmt(r.get(c)) for c in columns] for r in rows]))
+    out.append("")
+    return "\n".join(out)

@@ -1,0 +1,248 @@
+"""The `keras-condensa` command line, run for real on small digits models."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_condensa as kc
+from keras_condensa import cli
+from keras_condensa.scheme_grammar import SchemeSyntaxError, parse_scheme
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, digits):
+    """A small trained digits model as .keras and its data as .npz."""
+    x_train, y_train, x_val, y_val = digits
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(64, activation="relu", name="fc1"),
+            keras.layers.Dense(10, name="logits"),
+        ]
+    )
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x_train, y_train, epochs=8, batch_size=32, verbose=0)
+    root = tmp_path_factory.mktemp("cli")
+    model_path = str(root / "model.keras")
+    model.save(model_path)
+    data_path = str(root / "data.npz")
+    np.savez(data_path, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val)
+    return {"root": root, "model": model_path, "data": data_path, "digits": digits}
+
+
+def _error_lines(capsys):
+    err = capsys.readouterr().err
+    return [line for line in err.splitlines() if line.startswith("keras-condensa")]
+
+
+def test_scheme_grammar_builds_operators_and_rejects_unknown_words():
+    scheme = parse_scheme("filter:0.5+nm:2:4")
+    assert isinstance(scheme, kc.Compose)
+    assert [type(o) for o in scheme.operators()] == [kc.FilterPrune, kc.NMPrune]
+    block = parse_scheme("block:0.25:2x4")
+    assert isinstance(block, kc.BlockPrune) and tuple(block.block_size) == (2, 4)
+    assert isinstance(parse_scheme("int8"), kc.Quantize)
+    with pytest.raises(SchemeSyntaxError, match="valid terms: prune:D"):
+        parse_scheme("prune:0.1+sparsify:3")
+    with pytest.raises(SchemeSyntaxError, match="density"):
+        parse_scheme("prune:1.5")
+
+
+def test_help_documents_the_scheme_grammar(capsys):
+    assert cli.main(["compress", "--help"]) == 0
+    out = capsys.readouterr().out
+    for term in ("prune:D", "block:D:RxC", "nm:N:M", "int4", "prune:0.1+int8"):
+        assert term in out
+
+
+def test_compress_writes_the_stripped_model(files, tmp_path, capsys):
+    out = str(tmp_path / "small.keras")
+    code = cli.main(
+        ["compress", files["model"], "--data", files["data"], "--scheme", "prune:0.2",
+         "--epochs", "1", "--out", out, "--json"]
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert os.listdir(tmp_path) == ["small.keras"]  # No temporary file left.
+    model = keras.saving.load_model(out)
+    summary = kc.summary(model, print_fn=None)
+    assert summary.density == pytest.approx(0.2, abs=0.03)
+    assert result["nonzeros"] == summary.nonzeros
+    assert not any(isinstance(layer, kc.CompressionWrapper) for layer in model.layers)
+
+
+def _bad_data(root, name, **arrays):
+    path = str(root / name)
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing_model", "model file not found"),
+        ("corrupt_model", "cannot load model"),
+        ("missing_arrays", "lacks the arrays y_val"),
+        ("wrong_shape", "expects (64,)"),
+        ("label_too_big", "label 10"),
+        ("unknown_scheme", "unknown scheme word 'sparsify'"),
+    ],
+)
+def test_compress_bad_input_exits_2_with_one_line_and_no_output(
+    files, tmp_path, capsys, case, message
+):
+    x_train, y_train, x_val, y_val = files["digits"]
+    model, data, scheme = files["model"], files["data"], "prune:0.5"
+    if case == "missing_model":
+        model = str(tmp_path / "nope.keras")
+    elif case == "corrupt_model":
+        model = str(tmp_path / "corrupt.keras")
+        with open(model, "wb") as f:
+            f.write(b"not a zip archive")
+    elif case == "missing_arrays":
+        data = _bad_data(tmp_path, "d.npz", x_train=x_train, y_train=y_train, x_val=x_val)
+    elif case == "wrong_shape":
+        data = _bad_data(tmp_path, "d.npz", x_train=x_train[:, :32], y_train=y_train,
+                         x_val=x_val[:, :32], y_val=y_val)
+    elif case == "label_too_big":
+        data = _bad_data(tmp_path, "d.npz", x_train=x_train, y_train=y_train + 1,
+                         x_val=x_val, y_val=y_val)
+    elif case == "unknown_scheme":
+        scheme = "prune:0.5+sparsify:3"
+    out = tmp_path / "out.keras"
+    code = cli.main(
+        ["compress", model, "--data", data, "--scheme", scheme, "--out", str(out)]
+    )
+    assert code == 2
+    lines = _error_lines(capsys)
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not out.exists()
+
+
+def test_search_writes_outputs_then_refuses_the_finished_dir(files, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    args = ["search", files["model"], "--data", files["data"], "--max-drop", "0.05",
+            "--max-trials", "2", "--objective", "nonzero_params", "--out", out, "--quiet"]
+    assert cli.main(args + ["--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)  # Nothing but the JSON object on stdout.
+    assert captured.err.count("trial ") == 0  # --quiet
+    for name in ("best.keras", "best.tflite", "report.md", "pareto.png", "trials.csv"):
+        assert os.path.getsize(os.path.join(out, name)) > 0
+    with open(os.path.join(out, "trials.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and sum(r["best"] == "True" for r in rows) == 1
+    assert result["best"]["tflite"]["bytes"] == os.path.getsize(os.path.join(out, "best.tflite"))
+    report = open(os.path.join(out, "report.md")).read()
+    assert "pareto.png" in report and "| fc1 | Dense |" in report
+
+    assert cli.main(args) == 2
+    lines = _error_lines(capsys)
+    assert len(lines) == 1 and "--overwrite" in lines[0]
+
+
+def test_search_resumes_after_a_real_interrupt(files, tmp_path, monkeypatch, capsys):
+    out = str(tmp_path / "run")
+    args = ["search", files["model"], "--data", files["data"], "--max-drop", "0.05",
+            "--max-trials", "2", "--epochs", "1", "--objective", "nonzero_params", "--out", out]
+    finished = []
+
+    def interrupt_second_trial(event, tuner, trial):
+        if event == "trial_end":
+            finished.append((trial.trial_id, trial.metrics.get_last_value("val_accuracy")))
+        elif event == "trial_begin" and finished:
+            raise KeyboardInterrupt  # As Ctrl-C would, while trial 2 starts.
+
+    monkeypatch.setattr(cli, "_TEST_HOOK", interrupt_second_trial)
+    assert cli.main(args) == 130
+    err = capsys.readouterr().err
+    assert "run `keras-condensa search" in err and "again to resume" in err
+    assert sorted(os.listdir(out)) == ["search"]
+    assert len(finished) == 1
+
+    resumed = []
+
+    def count_trials(event, tuner, trial):
+        if event == "trial_end":
+            resumed.append(trial.trial_id)
+
+    monkeypatch.setattr(cli, "_TEST_HOOK", count_trials)
+    assert cli.main(args + ["--json"]) == 0
+    captured = capsys.readouterr()
+    assert "1 finished trial(s) kept" in captured.err
+    assert json.loads(captured.out)["trials"] == 2  # Only the JSON object on stdout.
+    assert len(resumed) == 1  # Only the missing trial ran.
+    with open(os.path.join(out, "trials.csv")) as f:
+        rows = {r["trial"]: r for r in csv.DictReader(f)}
+    kept_id, kept_accuracy = finished[0]
+    assert len(rows) == 2
+    assert float(rows[str(int(kept_id))]["val_accuracy"]) == pytest.approx(float(kept_accuracy))
+
+
+def test_export_then_bench_the_tflite_and_keras_files(files, tmp_path, capsys):
+    out = str(tmp_path / "model.tflite")
+    code = cli.main(
+        ["export", files["model"], "--quantize", "int8", "--data", files["data"], "--out", out,
+         "--json"]
+    )
+    assert code == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert exported["bytes"] == os.path.getsize(out)
+    assert exported["top1_agreement"] > 0.9
+
+    assert cli.main(["bench", out, "--runs", "20", "--json"]) == 0
+    bench = json.loads(capsys.readouterr().out)
+    assert bench["bytes"] == os.path.getsize(out)
+    assert bench["p50_ms"] <= bench["p90_ms"] <= bench["p99_ms"]
+
+    assert cli.main(["bench", files["model"], "--data", files["data"], "--runs", "5",
+                     "--json"]) == 0
+    bench = json.loads(capsys.readouterr().out)
+    assert bench["p50_ms"] > 0 and bench["val_accuracy"] > 0.8
+
+
+def test_export_int8_without_data_exits_2(files, tmp_path, capsys):
+    out = tmp_path / "model.tflite"
+    assert cli.main(["export", files["model"], "--quantize", "int8", "--out", str(out)]) == 2
+    assert len(_error_lines(capsys)) == 1
+    assert not out.exists()
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="under JAX every trial's export converts in a TensorFlow subprocess (covered by "
+    "test_tflite_export); the demo runs once, on TensorFlow, to keep CI within its budget",
+)
+def test_demo_reports_the_bytes_it_wrote(tmp_path, capsys):
+    out = str(tmp_path / "demo")
+    code = cli.main(
+        ["demo", "--max-trials", "3", "--epochs", "1", "--dense-epochs", "5", "--out", out,
+         "--json", "--quiet"]
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["trials"] == 3
+    assert result["best_table"]["tflite_bytes"] == os.path.getsize(os.path.join(out, "best.tflite"))
+    assert result["dense"]["params"] == 50_610
+    assert os.path.exists(os.path.join(out, "report.md"))
+    assert os.path.exists(os.path.join(out, "pareto.png"))
+
+
+def test_entry_point_runs_as_a_program(files):
+    script = os.path.join(os.path.dirname(sys.executable), "keras-condensa")
+    command = [script] if os.path.exists(script) else [sys.executable, "-m", "keras_condensa.cli"]
+    done = subprocess.run(
+        command + ["search", files["model"], "--data", files["data"], "--max-drop", "0.05",
+                   "--out", str(files["root"]), "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert "exists" in done.stderr.splitlines()[-1]
