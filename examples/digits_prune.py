@@ -4,34 +4,15 @@ Trains the dense model, prunes it gradually with a polynomial schedule while
 fine-tuning, strips the wrappers and prints the summary and accuracies.
 No download: the digits ship with scikit-learn.
 
-Run: `python examples/digits_prune.py` (or `make demo`).
+Run: `python examples/digits_prune.py` (`make demo` runs the full search: `keras-condensa demo`).
 """
 
 import time
 
 import keras
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 import keras_condensa as kc
-
-
-def load_data():
-    data = load_digits()
-    x = (data.data / 16.0).astype("float32")
-    return train_test_split(x, data.target, test_size=0.25, random_state=0, stratify=data.target)
-
-
-def lenet_300_100():
-    return keras.Sequential(
-        [
-            keras.Input((64,)),
-            keras.layers.Dense(300, activation="relu", name="fc1"),
-            keras.layers.Dense(100, activation="relu", name="fc2"),
-            keras.layers.Dense(10, name="logits"),
-        ],
-        name="lenet_300_100",
-    )
+from keras_condensa.demo import lenet_300_100, load_data
 
 
 def compile_classifier(model):
@@ -45,10 +26,10 @@ def compile_classifier(model):
 
 def main(density=0.1, epochs=20, fine_tune_epochs=10):
     start = time.perf_counter()
-    keras.utils.set_random_seed(0)
-    x_train, x_val, y_train, y_val = load_data()
+    data = load_data()
+    x_train, y_train, x_val, y_val = (data[k] for k in ("x_train", "y_train", "x_val", "y_val"))
 
-    dense = compile_classifier(lenet_300_100())
+    dense = compile_classifier(lenet_300_100(seed=0))
     dense.fit(x_train, y_train, epochs=epochs, batch_size=32, verbose=0)
     dense_accuracy = dense.evaluate(x_val, y_val, verbose=0)[1]
 

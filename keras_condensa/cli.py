@@ -31,6 +31,7 @@ import time
 import warnings
 
 from keras_condensa import scheme_grammar
+from keras_condensa.search.oracle import trial_metric
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -441,13 +442,6 @@ def _make_tuner_class():
     return ProgressTuner
 
 
-def _metric(trial, name):
-    if not trial.metrics.exists(name):
-        return None
-    value = trial.metrics.get_last_value(name)
-    return None if value is None else float(value)
-
-
 def _trial_rows(tuner):
     """One dict per trial (see `report.TRIAL_COLUMNS`), in trial order."""
     try:
@@ -463,7 +457,7 @@ def _trial_rows(tuner):
         }
         for name in ("val_accuracy", "nonzero_params", "params", "density", "tflite_bytes",
                      "tflite_gzip_bytes", "litert_latency_ms", "keras_latency_ms"):
-            row[name] = _metric(trial, name)
+            row[name] = trial_metric(trial, name)
         row["feasible"] = bool(tuner.is_feasible(trial))
         row["best"] = trial.trial_id == best_id
         rows.append(row)
@@ -479,12 +473,12 @@ def _progress_printer(out, objective, max_trials):
     def progress(tuner, trial):
         done = sum(1 for t in tuner.oracle.trials.values() if t.status != "RUNNING")
         density = trial.hyperparameters.values.get("density")
-        accuracy = _metric(trial, "val_accuracy")
-        cost = _metric(trial, objective)
+        accuracy = trial_metric(trial, "val_accuracy")
+        cost = trial_metric(trial, objective)
         try:
             best = tuner.best_trial()
             best_text = (
-                f"best so far: trial {int(best.trial_id)} ({fmt_cost(_metric(best, objective))}"
+                f"best so far: trial {int(best.trial_id)} ({fmt_cost(trial_metric(best, objective))}"
                 f"{'' if tuner.is_feasible(best) else ', below floor'})"
             )
         except RuntimeError:

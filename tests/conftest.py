@@ -6,6 +6,8 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from keras_condensa.demo import lenet_300_100  # noqa: F401 - the tests' LeNet is the demo's
+
 
 @pytest.fixture(scope="session")
 def digits():
@@ -16,19 +18,6 @@ def digits():
         x, data.target, test_size=0.25, random_state=0, stratify=data.target
     )
     return x_train, y_train, x_val, y_val
-
-
-def lenet_300_100(seed=0):
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [
-            keras.Input((64,)),
-            keras.layers.Dense(300, activation="relu", name="fc1"),
-            keras.layers.Dense(100, activation="relu", name="fc2"),
-            keras.layers.Dense(10, name="logits"),
-        ],
-        name="lenet_300_100",
-    )
 
 
 def small_cnn(seed=0):

@@ -80,6 +80,19 @@ _MIN_BRACKET = 4.0 / (_GRID_SIZE_1D - 1)
 _AMBIGUOUS = 0.15
 
 
+
+def trial_metric(trial, name, default=None):
+    """A trial's value of metric `name` at its best step (else its last), or `default`."""
+    if not trial.metrics.exists(name):
+        return default
+    history = trial.metrics.get_history(name)
+    if not history:
+        return default
+    for observation in history:
+        if observation.step == trial.best_step:
+            return float(observation.mean())
+    return float(history[-1].mean())
+
 class ConstrainedBayesianOracle(keras_tuner.Oracle):
     """Bayesian optimisation of an objective under a constraint on a metric.
 
@@ -398,16 +411,7 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
         Returns:
             A float, or None if the trial did not report the metric.
         """
-        name = self.constraint.name
-        if not trial.metrics.exists(name):
-            return None
-        history = trial.metrics.get_history(name)
-        if not history:
-            return None
-        for observation in history:
-            if observation.step == trial.best_step:
-                return float(observation.mean())
-        return float(history[-1].mean())
+        return trial_metric(trial, self.constraint.name)
 
     def is_feasible(self, trial):
         """Whether a completed trial satisfies the constraint.

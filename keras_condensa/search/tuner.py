@@ -20,7 +20,7 @@ from keras_tuner import errors as kt_errors
 
 from keras_condensa.callbacks import callbacks as scheme_callbacks
 from keras_condensa.search.constraint import Constraint
-from keras_condensa.search.oracle import ConstrainedBayesianOracle
+from keras_condensa.search.oracle import ConstrainedBayesianOracle, trial_metric
 from keras_condensa.summary import summary as model_summary
 from keras_condensa.surgery import strip
 
@@ -394,7 +394,7 @@ class CompressionTuner(keras_tuner.Tuner):
 
     def is_feasible(self, trial):
         """Whether a completed trial met the accuracy floor."""
-        return trial.status == _COMPLETED and _metric(trial, "val_accuracy", math.nan) >= (
+        return trial.status == _COMPLETED and trial_metric(trial, "val_accuracy", math.nan) >= (
             self.accuracy_floor
         )
 
@@ -424,8 +424,8 @@ class CompressionTuner(keras_tuner.Tuner):
                     str(t.trial_id),
                     str(t.status),
                     values,
-                    _fmt(_metric(t, "val_accuracy", None)),
-                    _fmt(_metric(t, name, None)),
+                    _fmt(trial_metric(t, "val_accuracy", None)),
+                    _fmt(trial_metric(t, name, None)),
                     "yes" if self.is_feasible(t) else "no",
                 )
             )
@@ -578,18 +578,6 @@ def _check_finite(history, trial):
             f"Trial {trial.trial_id} ({trial.hyperparameters.values}): fine-tuning diverged "
             f"(loss {losses})."
         )
-
-
-def _metric(trial, name, default):
-    if not trial.metrics.exists(name):
-        return default
-    history = trial.metrics.get_history(name)
-    if not history:
-        return default
-    for observation in history:
-        if observation.step == trial.best_step:
-            return float(observation.mean())
-    return float(history[-1].mean())
 
 
 def _fmt(value):
