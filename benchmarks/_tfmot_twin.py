@@ -8,6 +8,7 @@ as a subprocess:
     python benchmarks/_tfmot_twin.py overhead '<json config>'
     python benchmarks/_tfmot_twin.py accuracy '<json config>'
     python benchmarks/_tfmot_twin.py accuracy - < config.json
+    python benchmarks/_tfmot_twin.py accuracy_qat - < config.json
 
 and read one JSON object from the last line of stdout. The models are tf_keras
 twins of the Keras 3 ones (`_digits.build(name, tf_keras)`: same layers,
@@ -109,11 +110,89 @@ def accuracy(config):
     return {"results": out}
 
 
+def _quantized_kernel_density(model):
+    """Nonzero fraction over the kernels of a tfmot QAT model, as the int8 model stores them.
+
+    With the prune-preserving scheme the float kernel may drift off zero during
+    QAT, but the quantizer multiplies it by a frozen `pruning_mask` before
+    quantizing, so the deployed weight is `kernel * mask`; without a mask the
+    float kernel is what gets quantized (a weight that is nonzero in float
+    may still round to 0 in int8, which is not counted here).
+    """
+    nonzeros = total = 0
+    for layer in model.layers:
+        kernels, masks = [], []
+        for w in layer.weights:
+            name = w.name.split("/")[-1].split(":")[0]
+            if name == "kernel":
+                kernels.append(w.numpy())
+            elif "pruning_mask" in name:
+                masks.append(w.numpy())
+        for i, k in enumerate(kernels):
+            if i < len(masks) and masks[i].shape == k.shape:
+                k = k * masks[i]
+            nonzeros += int(np.count_nonzero(k))
+            total += k.size
+    return nonzeros / total if total else 1.0
+
+
+def accuracy_qat(config):
+    """Prune then quantization-aware training, in the same total number of epochs.
+
+    `epochs - qat_epochs` epochs of `prune_low_magnitude` + `PolynomialDecay`
+    (the schedule's begin/end fractions applied to those epochs' steps), then
+    `strip_pruning`, then `qat_epochs` epochs of QAT with
+    `Default8BitPrunePreserveQuantizeScheme` (falling back to plain
+    `quantize_model` where it is missing). Accuracy is the QAT model's own
+    (fake-quantized) forward pass on the validation split.
+    """
+    quant = tfmot.quantization.keras
+    model_name = config.get("model", "lenet300")
+    x_train, y_train, x_val, y_val = _digits.load(model_name)
+    qat_epochs = int(config.get("qat_epochs", 2))
+    prune_epochs = int(config["epochs"]) - qat_epochs
+    if prune_epochs < 1:
+        raise ValueError(f"epochs ({config['epochs']}) must exceed qat_epochs ({qat_epochs})")
+    steps = prune_epochs * _digits.steps_per_epoch(len(x_train), config["batch_size"])
+    begin_step = int(round(config["begin_fraction"] * (steps - 1)))
+    end_step = int(round(config["end_fraction"] * (steps - 1)))
+    combine = getattr(getattr(tfmot, "experimental", None), "combine", None)
+    scheme_cls = getattr(combine, "Default8BitPrunePreserveQuantizeScheme", None)
+    out = []
+    for job in config["jobs"]:
+        tf_keras.utils.set_random_seed(job["seed"])
+        model = _digits.build(model_name, tf_keras)
+        with np.load(job["weights"]) as f:
+            model.set_weights([f[f"arr_{i}"] for i in range(len(f.files))])
+        pruned, callbacks = prune(model, job["density"], begin_step, end_step, config["frequency"])
+        fit = dict(batch_size=config["batch_size"], verbose=0)
+        pruned.fit(x_train, y_train, epochs=prune_epochs, callbacks=callbacks, **fit)
+        stripped = sparsity.strip_pruning(pruned)
+        pruned_density = _digits.kernel_density(stripped)
+        if scheme_cls is not None:
+            qat = quant.quantize_apply(quant.quantize_annotate_model(stripped), scheme_cls())
+        else:
+            qat = quant.quantize_model(stripped)
+        _digits.compile_model(qat, tf_keras)
+        qat.fit(x_train, y_train, epochs=qat_epochs, **fit)
+        out.append(
+            {
+                "acc": _digits.accuracy(qat, x_val, y_val),
+                "density": _quantized_kernel_density(qat),
+                "pruned_density": pruned_density,
+                "scheme": "prune_preserve" if scheme_cls is not None else "quantize_model",
+            }
+        )
+    return {"results": out}
+
+
 def main():
     # The config comes as an argument, or on stdin with "-" (the caller can start this
     # process, which takes a while to import TensorFlow, before the config is ready).
     mode, config = sys.argv[1], json.loads(sys.stdin.read() if sys.argv[2] == "-" else sys.argv[2])
-    result = {"overhead": overhead, "accuracy": accuracy}[mode](config)
+    result = {"overhead": overhead, "accuracy": accuracy, "accuracy_qat": accuracy_qat}[mode](
+        config
+    )
     print(json.dumps(result))
 
 

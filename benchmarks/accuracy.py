@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/accuracy.py
     .venv/bin/python benchmarks/accuracy.py --seeds 0 --densities 0.1,0.02   # quicker
+    .venv/bin/python benchmarks/accuracy.py --quick   # seed 0, densities 0.1,0.05,0.02
 
 Per seed, a dense LeNet-300-100 is trained (Adam, `--dense-epochs`), its
 weights saved as .npz; then for every density each method fine-tunes a model
@@ -21,6 +22,23 @@ mask update every `--frequency` steps.
 - tfmot:     tf_keras twin, `prune_low_magnitude` + `PolynomialDecay`,
              `UpdatePruningStep`, `strip_pruning`, in its own process
              (`_tfmot_twin.py`; tfmot must not share a process with Keras 3).
+
+Prune + quantize (the same total epoch budget, `--epochs` = N):
+
+- kc+int8, kc+int4, kc+fp16: `kc.Compose([kc.Prune(density, schedule=<the
+             kc column's PolynomialDecay>), kc.Quantize(dtype)])`, N epochs
+             of pruning and QAT together. Accuracy is the QAT model's own
+             (fake-quantized) forward pass; density is measured on
+             `kc.strip(..., keep_quantization=False)` (quantized weights baked in).
+- tfmot+int8: tf_keras twin, prune as the tfmot column for N - `--qat-epochs`
+             epochs (the schedule's fractions applied to those epochs),
+             `strip_pruning`, then `--qat-epochs` epochs of QAT with
+             `Default8BitPrunePreserveQuantizeScheme` (plain `quantize_model`
+             where it is missing). Density: kernels times the scheme's frozen
+             pruning mask, i.e. the weights the int8 model stores.
+
+These columns run only for `--quant-densities` and `--quant-seeds` (default
+0.1,0.05,0.02 and seed 0); other cells show "-".
 
 The table shows medians over the seeds; a second table the min-max spread.
 
@@ -65,13 +83,18 @@ class Context:
         # as kc resolves fractions: 0.0 is the first step (0), 1.0 the last (total - 1).
         self.begin_step = int(round(args.begin * (self.total_steps - 1)))
         self.end_step = int(round(args.end * (self.total_steps - 1)))
+        self.qat_epochs = args.qat_epochs
         self.seed = 0  # set per job
 
 
 class Method:
-    """A column group of the table. `start` may launch background work; `results` collects it."""
+    """A column group of the table. `start` may launch background work; `results` collects it.
+
+    `quant` methods run only the jobs of `--quant-densities` x `--quant-seeds`.
+    """
 
     name = "method"
+    quant = False
 
     def start(self, jobs, data, ctx):
         self._results = [self.run_one(job, data, ctx) for job in jobs]
@@ -87,9 +110,10 @@ class InProcess(Method):
     is a fresh compiled-or-not Keras 3 model holding the job's dense weights.
     """
 
-    def __init__(self, name, fn):
+    def __init__(self, name, fn, quant=False):
         self.name = name
         self.fn = fn
+        self.quant = quant
 
     def run_one(self, job, data, ctx):
         import keras  # noqa: PLC0415
@@ -105,10 +129,11 @@ class InProcess(Method):
 class Subprocess(Method):
     """A method run by another script (`script mode -`, JSON in and out), in the background."""
 
-    def __init__(self, name, script, mode):
+    def __init__(self, name, script, mode, quant=False):
         self.name = name
         self.script = script
         self.mode = mode
+        self.quant = quant
 
     def launch(self):
         """Starts the process early: it imports TensorFlow while the dense models train."""
@@ -134,6 +159,9 @@ class Subprocess(Method):
             "begin_step": ctx.begin_step,
             "end_step": ctx.end_step,
             "frequency": ctx.frequency,
+            "begin_fraction": ctx.begin_fraction,
+            "end_fraction": ctx.end_fraction,
+            "qat_epochs": ctx.qat_epochs,
         }
         self._proc.stdin.write(json.dumps(config))
         self._proc.stdin.close()
@@ -155,13 +183,11 @@ def evaluate(model, data):
     return _digits.accuracy(model, data[2], data[3])
 
 
-def kc_prune(model, density, data, ctx, scope="global"):
+def kc_prune_operator(density, ctx, scope="global"):
     """kc.Prune with a PolynomialDecay schedule in fractions of the run."""
-    import keras  # noqa: PLC0415
-
     import keras_condensa as kc  # noqa: PLC0415
 
-    scheme = kc.Prune(
+    return kc.Prune(
         density=density,
         scope=scope,
         schedule=kc.PolynomialDecay(
@@ -171,6 +197,15 @@ def kc_prune(model, density, data, ctx, scope="global"):
             frequency=ctx.frequency,
         ),
     )
+
+
+def kc_prune(model, density, data, ctx, scope="global"):
+    """kc.Prune with a PolynomialDecay schedule in fractions of the run."""
+    import keras  # noqa: PLC0415
+
+    import keras_condensa as kc  # noqa: PLC0415
+
+    scheme = kc_prune_operator(density, ctx, scope)
     pruned = scheme.apply(model)
     _digits.compile_model(pruned, keras)
     pruned.fit(
@@ -189,10 +224,44 @@ def kc_prune_layer(model, density, data, ctx):
     return kc_prune(model, density, data, ctx, scope="layer")
 
 
+def kc_prune_quantize(model, density, data, ctx, dtype):
+    """Compose([Prune (the kc column's schedule), Quantize(dtype)]), all epochs QAT."""
+    import keras  # noqa: PLC0415
+
+    import keras_condensa as kc  # noqa: PLC0415
+
+    scheme = kc.Compose([kc_prune_operator(density, ctx), kc.Quantize(dtype)])
+    compressed = scheme.apply(model)
+    _digits.compile_model(compressed, keras)
+    compressed.fit(
+        data[0],
+        data[1],
+        batch_size=ctx.batch_size,
+        epochs=ctx.epochs,
+        verbose=0,
+        callbacks=kc.callbacks(scheme),
+    )
+    # The QAT model's own forward pass is the fake-quantized one the deployed model computes.
+    acc = evaluate(compressed, data)
+    baked = kc.strip(compressed, keep_quantization=False)
+    return {"acc": acc, "density": _digits.kernel_density(baked)}
+
+
+def _quantize_with(dtype):
+    def fn(model, density, data, ctx):
+        return kc_prune_quantize(model, density, data, ctx, dtype)
+
+    return fn
+
+
 METHODS = [
     InProcess("kc", kc_prune),
     InProcess("kc-layer", kc_prune_layer),
     Subprocess("tfmot", os.path.join(HERE, "_tfmot_twin.py"), "accuracy"),
+    InProcess("kc+int8", _quantize_with("int8"), quant=True),
+    InProcess("kc+int4", _quantize_with("int4"), quant=True),
+    InProcess("kc+fp16", _quantize_with("float16"), quant=True),
+    Subprocess("tfmot+int8", os.path.join(HERE, "_tfmot_twin.py"), "accuracy_qat", quant=True),
 ]
 
 
@@ -222,13 +291,37 @@ def main():
     )
     parser.add_argument("--frequency", type=int, default=10, help="steps between mask updates")
     parser.add_argument("--methods", default=",".join(m.name for m in METHODS))
+    parser.add_argument(
+        "--quant-densities",
+        default="0.1,0.05,0.02",
+        help="densities the prune+quantize columns run for",
+    )
+    parser.add_argument(
+        "--quant-seeds", default="0", help="seeds the prune+quantize columns run for"
+    )
+    parser.add_argument(
+        "--qat-epochs",
+        type=int,
+        default=2,
+        help="tfmot+int8: QAT epochs at the end of the --epochs budget (pruning gets the rest)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="seed 0 and densities 0.1,0.05,0.02 for every column",
+    )
     parser.add_argument("--json", help="also write the raw results to this file")
     args = parser.parse_args()
+    if args.quick:
+        args.seeds = "0"
+        args.densities = "0.1,0.05,0.02"
 
     densities = [float(d) for d in args.densities.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     chosen = args.methods.split(",")
     methods = [m for m in METHODS if m.name in chosen]
+    quant_densities = {float(d) for d in args.quant_densities.split(",")}
+    quant_seeds = {int(s) for s in args.quant_seeds.split(",")}
     started = time.perf_counter()
     data = _digits.load(MODEL)
     ctx = Context(args, len(data[0]))
@@ -248,18 +341,28 @@ def main():
             for d in densities
             for s in seeds
         ]
+        quant_jobs = [
+            j for j in jobs if j["density"] in quant_densities and j["seed"] in quant_seeds
+        ]
+        jobs_of = {m.name: quant_jobs if m.quant else jobs for m in methods}
         # Background methods first, so they overlap with the in-process ones.
         ordered = sorted(methods, key=lambda m: not isinstance(m, Subprocess))
         for m in ordered:
-            m.start(jobs, data, ctx)
+            m.start(jobs_of[m.name], data, ctx)
         results = {m.name: m.results() for m in ordered}
     elapsed = time.perf_counter() - started
 
     def cell(name, density, key):
         values = [
-            r[key] for j, r in zip(jobs, results[name], strict=True) if j["density"] == density
+            r[key]
+            for j, r in zip(jobs_of[name], results[name], strict=True)
+            if j["density"] == density
         ]
         return values
+
+    def med(name, density, key, width):
+        v = cell(name, density, key)
+        return f"{np.median(v):>{width}.4f}" if v else f"{'-':>{width}}"
 
     print(
         f"\nLeNet-300-100 on digits ({len(data[0])} train / {len(data[2])} val), Adam 1e-3, "
@@ -271,16 +374,29 @@ def main():
         f"\nMedian over seeds {seeds}. 'dens' = measured nonzero fraction over all kernels of the "
         "stripped model."
     )
+    if any(m.quant for m in methods):
+        print(
+            f"Prune+quantize columns, same {args.epochs}-epoch budget, only densities "
+            f"{sorted(quant_densities, reverse=True)} x seeds {sorted(quant_seeds)} "
+            "('-' elsewhere):"
+            "\n  kc+int8/int4/fp16: Compose([Prune(same schedule), Quantize(dtype)]) for "
+            f"{args.epochs} epochs; acc = the QAT model's fake-quantized forward pass."
+            f"\n  tfmot+int8: prune_low_magnitude {args.epochs - args.qat_epochs} epochs "
+            f"(schedule fractions of those epochs), strip_pruning, then {args.qat_epochs} "
+            "epochs QAT (Default8BitPrunePreserveQuantizeScheme)."
+        )
     names = [m.name for m in methods]
-    header = f"{'density':>8}{'dense acc':>11}" + "".join(f"{n + ' acc':>14}" for n in names)
-    header += "".join(f"{n + ' dens':>15}" for n in names)
+    acc_w = max(14, *(len(n) + 6 for n in names))
+    dens_w = max(15, *(len(n) + 7 for n in names))
+    header = f"{'density':>8}{'dense acc':>11}" + "".join(f"{n + ' acc':>{acc_w}}" for n in names)
+    header += "".join(f"{n + ' dens':>{dens_w}}" for n in names)
     print(header)
     print("-" * len(header))
     dense_med = float(np.median(list(dense_acc.values())))
     for d in densities:
         line = f"{d:>8.2f}{dense_med:>11.4f}"
-        line += "".join(f"{np.median(cell(n, d, 'acc')):>14.4f}" for n in names)
-        line += "".join(f"{np.median(cell(n, d, 'density')):>15.4f}" for n in names)
+        line += "".join(med(n, d, "acc", acc_w) for n in names)
+        line += "".join(med(n, d, "density", dens_w) for n in names)
         print(line)
     print("\nSpread over seeds (min-max accuracy):")
     header = f"{'density':>8}{'dense':>15}" + "".join(f"{n:>17}" for n in names)
@@ -291,13 +407,18 @@ def main():
         line = f"{d:>8.2f}{min(dvals):>8.4f}-{max(dvals):.4f}"
         for n in names:
             v = cell(n, d, "acc")
-            line += f"{min(v):>10.4f}-{max(v):.4f}"
+            line += f"{min(v):>10.4f}-{max(v):.4f}" if v else f"{'-':>17}"
         print(line)
     print(f"\nTotal time {elapsed:.0f} s.")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
-                {"args": vars(args), "dense_acc": dense_acc, "jobs": jobs, "results": results},
+                {
+                    "args": vars(args),
+                    "dense_acc": dense_acc,
+                    "jobs": jobs_of,
+                    "results": results,
+                },
                 f,
                 indent=1,
             )
