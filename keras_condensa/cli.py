@@ -31,6 +31,7 @@ import time
 import warnings
 
 from keras_condensa import scheme_grammar
+from keras_condensa.bench import keras_latency_ms
 from keras_condensa.search.oracle import trial_metric
 
 EXIT_OK = 0
@@ -290,25 +291,6 @@ def _accuracy(model, x, y):
     return float(np.mean(pred == np.asarray(y).reshape(pred.shape)))
 
 
-def _keras_latency_ms(model, x, runs=50, warmup=5):
-    import keras
-    import numpy as np
-
-    sample = x[:1]
-    for _ in range(warmup):
-        keras.ops.convert_to_numpy(model(sample, training=False))
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        keras.ops.convert_to_numpy(model(sample, training=False))
-        times.append((time.perf_counter() - start) * 1e3)
-    return {
-        "p50_ms": float(np.percentile(times, 50)),
-        "p90_ms": float(np.percentile(times, 90)),
-        "p99_ms": float(np.percentile(times, 99)),
-    }
-
-
 # ----------------------------------------------------------------------
 # compress
 
@@ -477,8 +459,9 @@ def _progress_printer(out, objective, max_trials):
         cost = trial_metric(trial, objective)
         try:
             best = tuner.best_trial()
+            best_cost = fmt_cost(trial_metric(best, objective))
             best_text = (
-                f"best so far: trial {int(best.trial_id)} ({fmt_cost(trial_metric(best, objective))}"
+                f"best so far: trial {int(best.trial_id)} ({best_cost}"
                 f"{'' if tuner.is_feasible(best) else ', below floor'})"
             )
         except RuntimeError:
@@ -821,7 +804,7 @@ def cmd_bench(args, out):
         else:
             shape = tuple(1 if d is None else d for d in model.inputs[0].shape[1:])
             x = np.zeros((1, *shape), dtype="float32")
-        timing = _keras_latency_ms(model, x, runs=args.runs)
+        timing = keras_latency_ms(model, x, runs=args.runs)
         info = {
             "command": "bench",
             "model": path,

@@ -18,6 +18,7 @@ import keras_tuner
 import numpy as np
 from keras_tuner import errors as kt_errors
 
+from keras_condensa.bench import keras_latency_ms
 from keras_condensa.callbacks import callbacks as scheme_callbacks
 from keras_condensa.search.constraint import Constraint
 from keras_condensa.search.oracle import ConstrainedBayesianOracle, trial_metric
@@ -321,7 +322,7 @@ class CompressionTuner(keras_tuner.Tuner):
             "nonzero_params": float(stats.nonzeros),
             "params": float(stats.params),
             "density": float(stats.nonzeros) / max(float(stats.params), 1.0),
-            "keras_latency_ms": self._keras_latency_ms(final),
+            "keras_latency_ms": keras_latency_ms(final, self.x_val, runs=15, warmup=3)["p50_ms"],
             "fine_tune_epochs": float(epochs_run),
         }
         trial_dir = self.get_trial_dir(trial.trial_id)
@@ -468,16 +469,6 @@ class CompressionTuner(keras_tuner.Tuner):
             return self.model.loss
         return keras.losses.SparseCategoricalCrossentropy(from_logits=self._from_logits)
 
-    def _keras_latency_ms(self, model, warmup=3, runs=15):
-        x = self.x_val[:1]
-        for _ in range(warmup):
-            keras.ops.convert_to_numpy(model(x, training=False))
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            keras.ops.convert_to_numpy(model(x, training=False))
-            times.append(time.perf_counter() - start)
-        return float(np.median(times) * 1e3)
 
     def _export(self, model, trial_dir):
         import tflite_export as te  # Lazily: TensorFlow only when exporting.
