@@ -16,6 +16,8 @@ kc.summary(final)
 
 from keras_condensa import search
 from keras_condensa.callbacks import UpdateMasks, callbacks
+from keras_condensa.distill import Distiller, distill
+from keras_condensa.lc import LC
 from keras_condensa.operators import (
     BlockPrune,
     Compose,
@@ -48,6 +50,8 @@ __all__ = [
     "Prune",
     "PruneSpec",
     "CompressionWrapper",
+    "Distiller",
+    "LC",
     "PruningOperator",
     "Quantize",
     "PruningSchedule",
@@ -56,6 +60,7 @@ __all__ = [
     "UpdateMasks",
     "__version__",
     "callbacks",
+    "distill",
     "register_prunable",
     "search",
     "strip",

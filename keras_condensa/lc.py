@@ -1,0 +1,308 @@
+"""`LC`: Condensa's L-C (learning-compression) optimizer, with Keras's own `fit`.
+
+Carreira-Perpinan's learning-compression algorithm, as Condensa's
+`condensa.opt.LC` runs it, is an augmented Lagrangian method over the
+uncompressed weights `w` and their compressed copy `theta`:
+
+- C step: `theta = scheme(w - lambda / mu)`, the projection of the shifted
+  weights onto the scheme's set (magnitude masks recomputed, weights
+  fake-quantized);
+- multiplier update: `lambda <- lambda - mu * (w - theta)`; `mu` grows by
+  `mu_multiplier` up to `mu_cap`;
+- L step: a few mini-batches of the model's own loss plus
+  `mu / 2 * ||w - theta - lambda / mu||^2` with its compiled optimizer.
+
+The L steps are one Keras `fit` on a copy of the model wrapped in a small
+`keras.Model` that adds the penalty through `add_loss`, so the optimizer,
+loss, and the TensorFlow and JAX training loops are Keras's; each L step is
+one "epoch" of that fit and a callback runs the C step and the multiplier
+update at its end. The model returned carries `theta`.
+"""
+
+import math
+import numbers
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_condensa import masking, prunable
+from keras_condensa.operators.base import Operator
+
+
+def _check_positive(name, value, minimum=0.0, strict=True):
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > minimum if strict else value >= minimum)
+    if not ok:
+        relation = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise ValueError(
+            f"{name} must be a finite number {relation}. Received: {name}={value!r}. "
+            "Condensa's defaults are mu_init=1e-3, mu_multiplier=1.1, mu_cap=1e4."
+        )
+    return float(value)
+
+
+def check_projectable(scheme):
+    """Raises unless every operator of `scheme` is a projection L-C can run as its C step."""
+    if not isinstance(scheme, Operator):
+        raise TypeError(
+            "LC takes a keras_condensa scheme, e.g. kc.LC(kc.Prune(density=0.05)). "
+            f"Received: scheme={scheme!r}"
+        )
+    for op in scheme.operators():
+        name = type(op).__name__
+        if getattr(op, "schedule", None) is not None:
+            raise ValueError(
+                f"L-C cannot run {name} with a schedule: its C step projects onto the final "
+                f"density at every step and mu sets the pace. Received: {op!r}. Drop schedule= "
+                f"(e.g. kc.LC(kc.{name}(density={op.density})))."
+            )
+        if getattr(op, "mode", "qat") != "qat":
+            raise ValueError(
+                f"L-C cannot project onto {name}(mode={op.mode!r}): post-training quantization "
+                "runs keras.Model.quantize on a stripped model, not on the weights in training. "
+                f"Use {name}({op.dtype!r}) (mode='qat') inside L-C, or apply the post-training "
+                "quantizer to the model L-C returns."
+            )
+
+
+class _Penalized(keras.Model):
+    """Runs `inner` and adds `mu / 2 * sum ||w - target||^2` over the compressed weights."""
+
+    def __init__(self, inner, keys, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = inner
+        self._keys = tuple(keys)  # (layer name, weight path): strings, so nothing is tracked twice
+        self.mu = self.add_weight(name="mu", shape=(), initializer="zeros", trainable=False)
+        self.targets = [
+            self.add_weight(
+                name=f"target_{i}", shape=tuple(w.shape), initializer="zeros", trainable=False
+            )
+            for i, w in enumerate(self.penalized_weights())
+        ]
+
+    def penalized_weights(self):
+        layers = {layer.name: layer for layer in masking.iter_leaf_layers(self.inner)}
+        return [prunable.resolve(layers[name], path) for name, path in self._keys]
+
+    def call(self, inputs, training=None):
+        terms = [
+            ops.sum(ops.square(ops.subtract(w, t)))
+            for w, t in zip(self.penalized_weights(), self.targets)
+        ]
+        self.add_loss(ops.multiply(ops.multiply(self.mu, 0.5), ops.sum(ops.stack(terms))))
+        return self.inner(inputs, training=training)
+
+
+class _CStep(keras.callbacks.Callback):
+    """At the end of each L step: C step, multiplier update, mu growth."""
+
+    def __init__(self, lc, penalized, projector, pairs):
+        super().__init__()
+        self.lc, self.penalized, self.projector, self.pairs = lc, penalized, projector, pairs
+        self.mu = lc.mu_init
+        self.lambdas = [np.zeros(tuple(w.shape), "float32") for w, _ in pairs]
+        self.mus = []
+
+    def project(self, shifted):
+        """theta = the scheme's compression of `shifted` (one array per penalized weight)."""
+        for (_, (wrapper, path)), value in zip(self.pairs, shifted):
+            wrapper.weight(path).assign(value)
+        masking.update_masks(
+            self.lc.scheme, self.projector, masking.initial_densities(self.lc.scheme)
+        )
+        return [
+            np.asarray(ops.convert_to_numpy(wrapper.effective_value(path)))
+            for _, (wrapper, path) in self.pairs
+        ]
+
+    def weights(self):
+        return [np.asarray(ops.convert_to_numpy(w)) for w, _ in self.pairs]
+
+    def c_step(self, update_multipliers):
+        w = self.weights()
+        theta = self.project([wi - li / self.mu for wi, li in zip(w, self.lambdas)])
+        if update_multipliers:
+            self.lambdas = [li - self.mu * (wi - ti) for li, wi, ti in zip(self.lambdas, w, theta)]
+            self.mu = min(self.mu * self.lc.mu_multiplier, self.lc.mu_cap)
+        for target, ti, li in zip(self.penalized.targets, theta, self.lambdas):
+            target.assign(ti + li / self.mu)
+        self.penalized.mu.assign(self.mu)
+        self.mus.append(self.mu)
+        return theta
+
+    def on_train_begin(self, logs=None):
+        rate = getattr(self.model.optimizer, "learning_rate", None)
+        self._rate = rate if isinstance(rate, keras.Variable) else None
+        self._lr_start = float(ops.convert_to_numpy(rate)) if self._rate is not None else None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._rate is None or self.lc.lr_end is None or self.lc.steps < 2:
+            return
+        fraction = epoch / (self.lc.steps - 1)
+        self._rate.assign(self._lr_start * (self.lc.lr_end / self._lr_start) ** fraction)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.c_step(update_multipliers=True)
+
+
+class LC:
+    """Condensa's L-C optimizer: compress by augmented-Lagrangian training.
+
+    Instead of fine-tuning with a mask fixed by magnitude, L-C trains the
+    uncompressed weights `w` with a quadratic penalty pulling them towards
+    their compressed copy `theta`, re-projects `theta` from `w` after each
+    L step, and tightens the penalty (`mu` grows geometrically), so the
+    weights drift to a point that compresses with little loss. After the
+    last step the model carries `theta`.
+
+    The training is the model's own: `fit` uses a copy of its compiled
+    optimizer (same class and config) and its compiled loss.
+
+    Args:
+        scheme: the compression to reach, an operator or `kc.Compose`
+            without schedules, e.g. `kc.Prune(density=0.05)` or
+            `kc.Compose([kc.Prune(0.1), kc.Quantize("int8")])`. Activation
+            quantization is not a projection of weights: the model returned
+            has float activations (export with `quantize="int8"` and
+            representative data to quantize them).
+        steps: number of L-C steps; the training budget of `fit` is split
+            evenly over them (at least one mini-batch each).
+        mu_init: the first penalty weight `mu` (> 0).
+        mu_multiplier: `mu` is multiplied by this after every step (>= 1).
+        mu_cap: the largest `mu` (>= mu_init).
+
+    Raises:
+        TypeError: `scheme` is not a keras_condensa scheme.
+        ValueError: a mu parameter is not positive (or `mu_multiplier < 1`,
+            `mu_cap < mu_init`), `steps` is not a positive integer, or an
+            operator cannot be projected (a scheduled operator, post-training
+            quantization); the message names the operator.
+
+    Example:
+
+    ```python
+    lc_model = kc.LC(kc.Prune(density=0.05), steps=20).fit(model, x, y, epochs=6, batch_size=32)
+    kc.summary(lc_model)   # density 0.05
+    ```
+    """
+
+    def __init__(self, scheme, steps=20, mu_init=1e-2, mu_multiplier=1.3, mu_cap=1e4, lr_end=None):
+        check_projectable(scheme)
+        self.lr_end = None if lr_end is None else _check_positive("lr_end", lr_end)
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+            raise ValueError(
+                f"steps is the number of L-C steps and must be a positive integer. "
+                f"Received: steps={steps!r}"
+            )
+        self.scheme = scheme
+        self.steps = int(steps)
+        self.mu_init = _check_positive("mu_init", mu_init)
+        self.mu_multiplier = _check_positive("mu_multiplier", mu_multiplier, 1.0, strict=False)
+        self.mu_cap = _check_positive("mu_cap", mu_cap)
+        if self.mu_cap < self.mu_init:
+            raise ValueError(
+                f"mu_cap must be >= mu_init. Received: mu_init={mu_init!r}, mu_cap={mu_cap!r}. "
+                "Raise mu_cap or lower mu_init."
+            )
+        self.history = None
+        self.mus = []
+
+    def fit(self, model, x, y, epochs=1, batch_size=32, verbose=0, seed=None):
+        """Compresses `model` by L-C training on `(x, y)`; `model` is not modified.
+
+        Args:
+            model: a compiled, built Sequential or functional Keras model.
+            x: training inputs (NumPy arrays).
+            y: training targets.
+            epochs: the training budget in passes over `x`; split over `steps`.
+            batch_size: mini-batch size.
+            verbose: `fit`'s verbosity.
+            seed: seed of the mini-batch order (`None`: NumPy's global state).
+
+        Returns:
+            A new plain `keras.Model` (no wrappers) carrying the compressed
+            weights `theta`, compiled like `model`.
+
+        Raises:
+            ValueError: `model` is not compiled, or `epochs`/`batch_size`
+                are not positive integers.
+        """
+        from keras_condensa import surgery  # noqa: PLC0415 - surgery imports wrappers
+
+        surgery.check_model(model)
+        optimizer = getattr(model, "optimizer", None)
+        if not getattr(model, "compiled", False) or optimizer is None or model.loss is None:
+            raise ValueError(
+                f"Model '{model.name}' is not compiled. LC.fit trains with the model's own loss "
+                "and optimizer: call model.compile(optimizer=..., loss=...) first."
+            )
+        for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
+        x, y = np.asarray(x), np.asarray(y)
+
+        projector = self.scheme.apply(model)  # wrappers that compute theta; also validates
+        inner = surgery.strip(model)  # a plain copy of model: the trained weights w
+        leaves = {layer.name: layer for layer in masking.iter_leaf_layers(inner)}
+        pairs, keys = [], []
+        for wrapper in masking.iter_wrappers(projector):
+            for path in dict.fromkeys(wrapper.masked_weights + tuple(wrapper.quantized_weights)):
+                variable = prunable.resolve(leaves[wrapper.layer.name], path)
+                pairs.append((variable, (wrapper, path)))
+                keys.append((wrapper.layer.name, path))
+
+        penalized = _Penalized(inner, keys, name=f"{model.name}_lc")
+        penalized.compile(
+            optimizer=optimizer.__class__.from_config(optimizer.get_config()), loss=model.loss
+        )
+        c_step = _CStep(self, penalized, projector, pairs)
+        c_step.c_step(update_multipliers=False)  # theta = scheme(w), lambda = 0
+
+        batches_per_epoch = math.ceil(len(x) / batch_size)
+        per_step = max(1, (epochs * batches_per_epoch) // self.steps)
+        rng = np.random.default_rng(seed) if seed is not None else np.random
+        needed = per_step * self.steps * batch_size
+        order = np.concatenate(
+            [rng.permutation(len(x)) for _ in range(math.ceil(needed / len(x)))]
+        )[:needed]
+        self.history = penalized.fit(
+            x[order],
+            y[order],
+            batch_size=batch_size,
+            epochs=self.steps,
+            steps_per_epoch=per_step,
+            shuffle=False,
+            verbose=verbose,
+            callbacks=[c_step],
+        )
+        self.mus = list(c_step.mus)
+        theta = c_step.c_step(update_multipliers=False)
+        for (variable, _), value in zip(pairs, theta):
+            variable.assign(value)
+        inner.compile(
+            optimizer=optimizer.__class__.from_config(optimizer.get_config()),
+            loss=model.loss,
+            metrics=_metrics_of(model),
+        )
+        return inner
+
+    def get_config(self):
+        return {
+            "scheme": self.scheme,
+            "steps": self.steps,
+            "mu_init": self.mu_init,
+            "mu_multiplier": self.mu_multiplier,
+            "mu_cap": self.mu_cap,
+        }
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"LC({args})"
+
+
+def _metrics_of(model):
+    """The metric names `model` was compiled with (e.g. ["accuracy"]), or None."""
+    config = getattr(model, "_compile_config", None)
+    config = getattr(config, "config", None) or {}
+    return config.get("metrics")
