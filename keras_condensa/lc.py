@@ -171,6 +171,16 @@ class LC:
         mu_init: the first penalty weight `mu` (> 0).
         mu_multiplier: `mu` is multiplied by this after every step (>= 1).
         mu_cap: the largest `mu` (>= mu_init).
+        lr_end: as Condensa's `lr_end`: the optimizer's learning rate moves
+            geometrically from its compiled value (first L step) to this one
+            (last L step); `None` keeps it constant. With Adam, whose steps
+            do not grow with `mu`, a rate that rises (e.g. 1e-3 to 3e-3)
+            lets the weights reach their targets within a short budget.
+            Ignored for a learning-rate schedule.
+
+    The defaults (`mu_init=1e-2`, `mu_multiplier=1.3`) suit budgets of tens of
+    epochs over 20 steps; Condensa's (1e-3, 1.1) assume thousands of
+    mini-batches per L step.
 
     Raises:
         TypeError: `scheme` is not a keras_condensa scheme.
@@ -294,6 +304,7 @@ class LC:
             "mu_init": self.mu_init,
             "mu_multiplier": self.mu_multiplier,
             "mu_cap": self.mu_cap,
+            "lr_end": self.lr_end,
         }
 
     def __repr__(self):

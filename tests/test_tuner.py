@@ -211,3 +211,56 @@ def test_max_time_stops_new_trials(dense, tmp_path):
     tuner = _tuner(dense, tmp_path, max_time=1e-9)
     tuner.search()
     assert not tuner.oracle.trials
+
+
+@pytest.mark.parametrize(
+    "fine_tune, options",
+    [("lc", {"steps": 6, "mu_init": 0.05, "lr_end": 3e-3}), ("distill", {"alpha": 0.5})],
+)
+def test_fine_tune_lc_and_distill_trials_report_their_compressed_models(
+    dense, tmp_path, fine_tune, options
+):
+    model, _, (x_val, y_val) = dense
+    before = [w.copy() for w in model.get_weights()]
+    tuner = _tuner(
+        dense,
+        tmp_path,
+        scheme=_single_density(0.3),
+        max_trials=1,
+        fine_tune_epochs=3,
+        fine_tune=fine_tune,
+        fine_tune_options=options,
+    )
+    tuner.search()
+    assert _statuses(tuner) == ["COMPLETED"]
+    trial = tuner.best_trial()
+    assert trial.metrics.get_last_value("fine_tune_epochs") == 3
+    final = tuner.best_model()
+    kernels = [np.asarray(keras.ops.convert_to_numpy(layer.kernel)) for layer in final.layers]
+    density = sum(np.count_nonzero(k) for k in kernels) / sum(k.size for k in kernels)
+    assert density == pytest.approx(0.3, abs=0.01)
+    accuracy = float(np.mean(np.argmax(final.predict(x_val, verbose=0), -1) == y_val))
+    assert accuracy == pytest.approx(trial.metrics.get_last_value("val_accuracy"))
+    assert accuracy > tuner.dense_accuracy - 0.05
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fine_tune_argument_errors(dense, tmp_path):
+    with pytest.raises(ValueError, match=r"`fine_tune` must be one of .*Received: fine_tune='qat'"):
+        _tuner(dense, tmp_path, fine_tune="qat")
+    with pytest.raises(ValueError, match=r"fine_tune='distill' takes .*unknown keys: \['steps'\]"):
+        _tuner(dense, tmp_path, fine_tune="distill", fine_tune_options={"steps": 3})
+
+
+def test_fine_tune_lc_fails_a_trial_whose_scheme_it_cannot_project(dense, tmp_path):
+    scheduled = lambda hp: kc.Prune(  # noqa: E731
+        density=hp.Choice("density", [0.5]), schedule=kc.PolynomialDecay(end_step=1.0)
+    )
+    tuner = _tuner(
+        dense, tmp_path, scheme=scheduled, max_trials=1, fine_tune="lc",
+        max_consecutive_failed_trials=1,
+    )
+    with pytest.raises(Exception, match="Prune with a schedule"):
+        tuner.search()
+    assert _statuses(tuner) == ["FAILED"]

@@ -20,6 +20,8 @@ from keras_tuner import errors as kt_errors
 
 from keras_condensa.bench import keras_latency_ms
 from keras_condensa.callbacks import callbacks as scheme_callbacks
+from keras_condensa.distill import Distiller
+from keras_condensa.lc import LC
 from keras_condensa.search.constraint import Constraint
 from keras_condensa.search.oracle import ConstrainedBayesianOracle, trial_metric
 from keras_condensa.summary import summary as model_summary
@@ -35,6 +37,12 @@ BASE_METRICS = (
     "fine_tune_epochs",
 )
 # Metrics reported only when the trial exports a LiteRT file.
+FINE_TUNE_METHODS = ("mask", "lc", "distill")
+_FINE_TUNE_OPTIONS = {
+    "mask": (),
+    "lc": ("steps", "mu_init", "mu_multiplier", "mu_cap", "lr_end"),
+    "distill": ("temperature", "alpha"),
+}
 EXPORT_METRICS = ("tflite_bytes", "tflite_gzip_bytes", "litert_latency_ms")
 
 _MODEL_FILE = "model.keras"
@@ -94,6 +102,15 @@ class CompressionTuner(keras_tuner.Tuner):
             or a `keras_tuner.Objective`. Defaults to `"tflite_bytes"`.
         max_trials: number of trials, a positive int.
         fine_tune_epochs: epochs of fine-tuning per trial (0 for none).
+        fine_tune: how a trial recovers accuracy: `"mask"` (default:
+            fine-tune with the scheme's masks and callbacks), `"lc"`
+            (Condensa's L-C optimizer, `kc.LC(scheme, **fine_tune_options)`,
+            for `fine_tune_epochs`; schemes must have no schedule) or
+            `"distill"` (mask fine-tuning through `kc.Distiller` with the
+            dense `model` as teacher).
+        fine_tune_options: optional dict of keyword arguments for `kc.LC`
+            (`steps`, `mu_init`, `mu_multiplier`, `mu_cap`, `lr_end`) or
+            `kc.Distiller` (`temperature`, `alpha`).
         batch_size: batch size of fine-tuning and prediction.
         early_stop_margin: after the first fine-tuning epoch, a trial whose
             accuracy is more than this below the floor stops fine-tuning and
@@ -151,6 +168,8 @@ class CompressionTuner(keras_tuner.Tuner):
         objective="tflite_bytes",
         max_trials=10,
         fine_tune_epochs=1,
+        fine_tune="mask",
+        fine_tune_options=None,
         batch_size=32,
         early_stop_margin=0.2,
         max_time=None,
@@ -193,7 +212,23 @@ class CompressionTuner(keras_tuner.Tuner):
         self.scheme = scheme
         self.x_train, self.y_train = _unpack("train_data", train_data)
         self.x_val, self.y_val = _unpack("validation_data", validation_data)
+        if fine_tune not in FINE_TUNE_METHODS:
+            raise ValueError(
+                f"`fine_tune` must be one of {FINE_TUNE_METHODS}. Received: fine_tune={fine_tune!r}. "
+                "Use 'mask' to fine-tune with the masks, 'lc' for Condensa's L-C optimizer, "
+                "'distill' to learn from the dense model's soft targets."
+            )
+        options = dict(fine_tune_options or {})
+        allowed = _FINE_TUNE_OPTIONS[fine_tune]
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"`fine_tune_options` for fine_tune={fine_tune!r} takes {list(allowed)}. "
+                f"Received unknown keys: {unknown}."
+            )
         self.fine_tune_epochs = int(fine_tune_epochs)
+        self.fine_tune = fine_tune
+        self.fine_tune_options = options
         self.batch_size = batch_size
         self.early_stop_margin = early_stop_margin
         self.max_time = max_time
@@ -292,11 +327,20 @@ class CompressionTuner(keras_tuner.Tuner):
             keras.utils.set_random_seed(self.seed)
 
         epochs_run = 0
-        if self.fine_tune_epochs:
+        if self.fine_tune == "lc" and self.fine_tune_epochs:
+            final = self._lc(scheme, trial)
+            epochs_run = self.fine_tune_epochs
+        elif self.fine_tune_epochs:
             compressed.compile(optimizer=self._make_optimizer(), loss=self._make_loss())
+            trainer = compressed
+            if self.fine_tune == "distill":
+                trainer = Distiller(
+                    compressed, self.model, from_logits=self._from_logits, **self.fine_tune_options
+                )
+                trainer.compile(optimizer=self._make_optimizer(), loss=self._make_loss())
             cbs = scheme_callbacks(scheme)
             fit = dict(batch_size=self.batch_size, verbose=self.verbose, callbacks=cbs)
-            history = compressed.fit(self.x_train, self.y_train, epochs=1, **fit)
+            history = trainer.fit(self.x_train, self.y_train, epochs=1, **fit)
             _check_finite(history, trial)
             epochs_run = 1
             stop = False
@@ -304,13 +348,14 @@ class CompressionTuner(keras_tuner.Tuner):
                 accuracy = _accuracy(self._predict(compressed), self.y_val)
                 stop = accuracy < self.accuracy_floor - self.early_stop_margin
             if not stop and self.fine_tune_epochs > 1:
-                history = compressed.fit(
+                history = trainer.fit(
                     self.x_train, self.y_train, epochs=self.fine_tune_epochs, initial_epoch=1, **fit
                 )
                 _check_finite(history, trial)
                 epochs_run = self.fine_tune_epochs
 
-        final = strip(compressed)
+        if not (self.fine_tune == "lc" and self.fine_tune_epochs):
+            final = strip(compressed)
         outputs = self._predict(final)
         if not np.all(np.isfinite(outputs)):
             raise kt_errors.FailedTrialError(
@@ -469,6 +514,28 @@ class CompressionTuner(keras_tuner.Tuner):
             return self.model.loss
         return keras.losses.SparseCategoricalCrossentropy(from_logits=self._from_logits)
 
+
+    def _lc(self, scheme, trial):
+        """Compresses the dense model with kc.LC for `fine_tune_epochs`; returns it stripped."""
+        try:
+            lc = LC(scheme, **self.fine_tune_options)
+        except (TypeError, ValueError) as e:
+            raise kt_errors.FailedTrialError(
+                f"Trial {trial.trial_id}: fine_tune='lc' cannot run this scheme: {e}"
+            ) from e
+        source = strip(self.model)  # a copy, compiled like the trials
+        source.compile(optimizer=self._make_optimizer(), loss=self._make_loss())
+        final = lc.fit(
+            source,
+            self.x_train,
+            self.y_train,
+            epochs=self.fine_tune_epochs,
+            batch_size=self.batch_size,
+            verbose=self.verbose,
+            seed=self.seed,
+        )
+        _check_finite(lc.history, trial)
+        return final
 
     def _export(self, model, trial_dir):
         import tflite_export as te  # Lazily: TensorFlow only when exporting.
