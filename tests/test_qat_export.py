@@ -1,4 +1,4 @@
-"""A model fine-tuned with Quantize("int8") exports to int8 LiteRT from its own ranges."""
+"""A model fine-tuned with Quantize("int8") or ("int4") exports to int8 LiteRT from its own ranges."""
 
 import keras
 import numpy as np
@@ -8,19 +8,21 @@ from conftest import compile_classifier, small_cnn
 import keras_condensa as kc
 
 te = pytest.importorskip("tflite_export")
+Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
 
 
-def _qat(model, train, epochs):
+def _qat(model, train, epochs, dtype):
     scheme = kc.Compose([kc.Prune(0.1, schedule=kc.PolynomialDecay(end_step=0.6, frequency=10)),
-                         kc.Quantize("int8")])
+                         kc.Quantize(dtype)])
     qat = compile_classifier(scheme.apply(model))
     qat.fit(*train, epochs=epochs, batch_size=32, verbose=0, callbacks=kc.callbacks(scheme))
     return kc.strip(qat)
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="one backend is enough: export converts under TensorFlow")
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
 @pytest.mark.parametrize("arch", ["lenet", "cnn"])
-def test_int8_export_of_a_qat_model_agrees_with_keras(tmp_path, digits, trained_lenet, arch):
+def test_int8_export_of_a_qat_model_agrees_with_keras(tmp_path, digits, trained_lenet, arch, dtype):
     x_train, y_train, x_val, _ = digits
     if arch == "lenet":
         dense, _ = trained_lenet
@@ -28,12 +30,19 @@ def test_int8_export_of_a_qat_model_agrees_with_keras(tmp_path, digits, trained_
         x_train, x_val = x_train.reshape(-1, 8, 8, 1), x_val.reshape(-1, 8, 8, 1)
         dense = compile_classifier(small_cnn())
         dense.fit(x_train, y_train, epochs=8, batch_size=32, verbose=0)
-    final = _qat(dense, (x_train, y_train), epochs=4)
+    final = _qat(dense, (x_train, y_train), epochs=4, dtype=dtype)
     # No representative data: the ranges learned during fine-tuning are used.
     result = te.export(final, tmp_path / "qat.tflite", quantize="int8", sparse=False)
     assert "FULLY_CONNECTED" in result.ops
     weights = [t for t in te.inspect_tflite(result.path) if t.dtype == "int8" and len(t.shape) >= 2]
     assert weights, "weights were not stored as int8"
+    if dtype == "int4":
+        # 4-bit weights travel as int8 codes in [-7, 7]: 15 levels that gzip well.
+        interpreter = Interpreter(str(result.path))
+        interpreter.allocate_tensors()
+        for tensor in (t for t in weights if t.bytes):
+            codes = interpreter.get_tensor(tensor.index)
+            assert codes.min() >= -7 and codes.max() <= 7, (tensor.name, codes.min(), codes.max())
     check = te.verify(result, final, x_val)
     assert check.top1_agreement >= 0.99, check
     # Pruned zeros survive integer quantization in the file.

@@ -86,10 +86,16 @@ class Quantize(Operator):
         }
 
     def channel_axes(self, spec, path):
-        """Per-channel axes of a weight: convolutions (and int4) per output channel."""
+        """Per-channel axes of a weight: convolution filters per output channel.
+
+        Fully connected kernels get one scale per tensor for int4 as for int8:
+        the TFLite converter of TensorFlow 2.21 rejects per-channel
+        FULLY_CONNECTED weights ("mismatched quantized axes"), and a QAT
+        model must convert.
+        """
         if self.dtype == "float16":
             return ()
-        if path == spec.channel_weight and (spec.kind == "filter" or self.dtype == "int4"):
+        if path == spec.channel_weight and spec.kind == "filter":
             return spec.channel_axes
         if path == "depthwise_kernel":
             return (-2, -1)
