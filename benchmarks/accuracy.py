@@ -1,8 +1,9 @@
-"""Accuracy after pruning LeNet-300-100 on digits: keras-condensa vs tfmot.
+"""Accuracy after pruning LeNet-300-100 (or a small CNN) on digits: keras-condensa vs tfmot.
 
     .venv/bin/python benchmarks/accuracy.py
     .venv/bin/python benchmarks/accuracy.py --seeds 0 --densities 0.1,0.02   # quicker
     .venv/bin/python benchmarks/accuracy.py --quick   # seed 0, densities 0.1,0.05,0.02
+    .venv/bin/python benchmarks/accuracy.py --quick --model cnn --methods kc,kc-lc,kc-distill,tfmot
 
 Per seed, a dense LeNet-300-100 is trained (Adam, `--dense-epochs`), its
 weights saved as .npz; then for every density each method fine-tunes a model
@@ -37,7 +38,20 @@ Prune + quantize (the same total epoch budget, `--epochs` = N):
              where it is missing). Density: kernels times the scheme's frozen
              pruning mask, i.e. the weights the int8 model stores.
 
-These columns run only for `--quant-densities` and `--quant-seeds` (default
+Accuracy recovery (the same `--epochs` budget, from the same dense weights):
+
+- kc-lc:     `kc.LC(kc.Prune(density), steps=--lc-steps, lr_end=--lc-lr-end)
+             .fit(model, ...)`: Condensa's L-C optimizer (default mu schedule);
+             accuracy of the returned compressed model theta.
+- kc-distill: the kc column's gradual pruning, fine-tuned through
+             `kc.distill(pruned, dense, temperature=--temperature,
+             alpha=--alpha)`: the dense model is the teacher.
+- kc-lc+int8: `kc.LC(kc.Compose([kc.Prune(density), kc.Quantize("int8")]))`:
+             weights pruned and int8 (symmetric, per tensor); activations stay
+             float (L-C projects weights only).
+- kc-distill+int8: the kc+int8 column fine-tuned through `kc.distill`.
+
+The prune+quantize columns run only for `--quant-densities` and `--quant-seeds` (default
 0.1,0.05,0.02 and seed 0); other cells show "-".
 
 The table shows medians over the seeds; a second table the min-max spread.
@@ -66,7 +80,7 @@ import _digits  # noqa: E402
 import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MODEL = "lenet300"
+MODEL = "lenet300"  # --model sets it
 
 
 class Context:
@@ -84,6 +98,10 @@ class Context:
         self.begin_step = int(round(args.begin * (self.total_steps - 1)))
         self.end_step = int(round(args.end * (self.total_steps - 1)))
         self.qat_epochs = args.qat_epochs
+        self.lc_steps = args.lc_steps
+        self.lc_lr_end = args.lc_lr_end
+        self.temperature = args.temperature
+        self.alpha = args.alpha
         self.seed = 0  # set per job
 
 
@@ -247,6 +265,71 @@ def kc_prune_quantize(model, density, data, ctx, dtype):
     return {"acc": acc, "density": _digits.kernel_density(baked)}
 
 
+def _dense_teacher(model):
+    """A frozen copy of the dense model the job starts from (the distillation teacher)."""
+    import keras  # noqa: PLC0415
+
+    import keras_condensa as kc  # noqa: PLC0415
+
+    teacher = kc.strip(model)
+    teacher.trainable = False
+    _digits.compile_model(teacher, keras)
+    return teacher
+
+
+def kc_lc(model, density, data, ctx, quantize=None):
+    """kc.LC to `density` (and int8 weights with quantize="int8"), the same epoch budget."""
+    import keras  # noqa: PLC0415
+
+    import keras_condensa as kc  # noqa: PLC0415
+
+    scheme = kc.Prune(density=density)
+    if quantize:
+        scheme = kc.Compose([scheme, kc.Quantize(quantize)])
+    _digits.compile_model(model, keras)
+    lc = kc.LC(scheme, steps=ctx.lc_steps, lr_end=ctx.lc_lr_end)
+    final = lc.fit(
+        model, data[0], data[1], epochs=ctx.epochs, batch_size=ctx.batch_size, seed=ctx.seed
+    )
+    return {"acc": evaluate(final, data), "density": _digits.kernel_density(final)}
+
+
+def kc_distill(model, density, data, ctx, quantize=None):
+    """The kc column's gradual pruning (and QAT), trained through kc.distill from the dense model."""
+    import keras  # noqa: PLC0415
+
+    import keras_condensa as kc  # noqa: PLC0415
+
+    teacher = _dense_teacher(model)
+    scheme = kc_prune_operator(density, ctx)
+    if quantize:
+        scheme = kc.Compose([scheme, kc.Quantize(quantize)])
+    student = scheme.apply(model)
+    _digits.compile_model(student, keras)
+    distiller = kc.distill(student, teacher, temperature=ctx.temperature, alpha=ctx.alpha)
+    distiller.fit(
+        data[0],
+        data[1],
+        batch_size=ctx.batch_size,
+        epochs=ctx.epochs,
+        verbose=0,
+        callbacks=kc.callbacks(scheme),
+    )
+    if quantize:
+        acc = evaluate(student, data)
+        return {"acc": acc, "density": _digits.kernel_density(kc.strip(student, False))}
+    final = kc.strip(student)
+    return {"acc": evaluate(final, data), "density": _digits.kernel_density(final)}
+
+
+def _lc_int8(model, density, data, ctx):
+    return kc_lc(model, density, data, ctx, quantize="int8")
+
+
+def _distill_int8(model, density, data, ctx):
+    return kc_distill(model, density, data, ctx, quantize="int8")
+
+
 def _quantize_with(dtype):
     def fn(model, density, data, ctx):
         return kc_prune_quantize(model, density, data, ctx, dtype)
@@ -262,6 +345,10 @@ METHODS = [
     InProcess("kc+int4", _quantize_with("int4"), quant=True),
     InProcess("kc+fp16", _quantize_with("float16"), quant=True),
     Subprocess("tfmot+int8", os.path.join(HERE, "_tfmot_twin.py"), "accuracy_qat", quant=True),
+    InProcess("kc-lc", kc_lc),
+    InProcess("kc-distill", kc_distill),
+    InProcess("kc-lc+int8", _lc_int8, quant=True),
+    InProcess("kc-distill+int8", _distill_int8, quant=True),
 ]
 
 
@@ -310,8 +397,17 @@ def main():
         action="store_true",
         help="seed 0 and densities 0.1,0.05,0.02 for every column",
     )
+    parser.add_argument("--model", choices=_digits.MODELS, default="lenet300")
+    parser.add_argument("--lc-steps", type=int, default=20, help="kc-lc: L-C steps")
+    parser.add_argument(
+        "--lc-lr-end", type=float, default=3e-3, help="kc-lc: learning rate of the last L step"
+    )
+    parser.add_argument("--temperature", type=float, default=2.0, help="kc-distill: temperature")
+    parser.add_argument("--alpha", type=float, default=0.5, help="kc-distill: soft-loss weight")
     parser.add_argument("--json", help="also write the raw results to this file")
     args = parser.parse_args()
+    global MODEL
+    MODEL = args.model
     if args.quick:
         args.seeds = "0"
         args.densities = "0.1,0.05,0.02"
@@ -365,7 +461,7 @@ def main():
         return f"{np.median(v):>{width}.4f}" if v else f"{'-':>{width}}"
 
     print(
-        f"\nLeNet-300-100 on digits ({len(data[0])} train / {len(data[2])} val), Adam 1e-3, "
+        f"\n{'LeNet-300-100' if MODEL == 'lenet300' else 'Small CNN'} on digits ({len(data[0])} train / {len(data[2])} val), Adam 1e-3, "
         f"batch {args.batch_size}."
         f"\nDense: {args.dense_epochs} epochs. Pruning: {args.epochs} fine-tuning epochs from the "
         "dense weights, PolynomialDecay 0 -> 1-density"

@@ -316,7 +316,10 @@ def cmd_compress(args, out):
         compressed = scheme.apply(model)
     except (ValueError, TypeError) as e:
         raise UsageError(f"cannot apply scheme {args.scheme!r} to {args.model}: {_one_line(e)}")
-    epochs = args.epochs if args.fine_tune == "mask" else 0
+    epochs = args.epochs if args.fine_tune != "none" else 0
+    if args.fine_tune == "lc" and not epochs:
+        raise UsageError("--fine-tune lc trains: give --epochs >= 1 (or --fine-tune none)")
+    final = None
     if epochs:
         if getattr(model, "optimizer", None) is not None and getattr(model, "loss", None):
             optimizer = model.optimizer.__class__.from_config(model.optimizer.get_config())
@@ -326,12 +329,33 @@ def cmd_compress(args, out):
             loss = keras.losses.SparseCategoricalCrossentropy(
                 from_logits=_from_logits(model, data["x_val"])
             )
-        compressed.compile(optimizer=optimizer, loss=loss)
-        compressed.fit(
-            data["x_train"], data["y_train"], epochs=epochs, batch_size=args.batch_size,
-            verbose=0, callbacks=kc.callbacks(scheme),
-        )
-    final = kc.strip(compressed)
+        if args.fine_tune == "lc":
+            source = kc.strip(model)  # a copy, compiled with the fine-tuning optimizer and loss
+            source.compile(optimizer=optimizer, loss=loss)
+            try:
+                lc = kc.LC(scheme)
+            except (ValueError, TypeError) as e:
+                raise UsageError(f"--fine-tune lc cannot run scheme {args.scheme!r}: {_one_line(e)}")
+            final = lc.fit(
+                source, data["x_train"], data["y_train"], epochs=epochs,
+                batch_size=args.batch_size,
+            )
+        else:
+            compressed.compile(optimizer=optimizer, loss=loss)
+            trainer = compressed
+            if args.fine_tune == "distill":
+                trainer = kc.Distiller(
+                    compressed, model, from_logits=_from_logits(model, data["x_val"])
+                )
+                trainer.compile(
+                    optimizer=optimizer.__class__.from_config(optimizer.get_config()), loss=loss
+                )
+            trainer.fit(
+                data["x_train"], data["y_train"], epochs=epochs, batch_size=args.batch_size,
+                verbose=0, callbacks=kc.callbacks(scheme),
+            )
+    if final is None:
+        final = kc.strip(compressed)
     after = _accuracy(final, data["x_val"], data["y_val"])
     summary_text = []
     summary = kc.summary(final, print_fn=summary_text.append)
@@ -483,7 +507,7 @@ def _progress_printer(out, objective, max_trials):
 
 def run_search(model, data, directory, *, model_name, objective, max_trials, epochs,
                max_drop=None, accuracy_floor=None, quantize=None, kernels="default",
-               overwrite=False, out, seed=0, command_line=None):
+               overwrite=False, out, seed=0, command_line=None, fine_tune="mask"):
     """Runs the constrained search over `prune` density and writes the outputs.
 
     The Keras Tuner project lives in `directory/search/`; the outputs
@@ -509,6 +533,7 @@ def run_search(model, data, directory, *, model_name, objective, max_trials, epo
         overwrite: replace a previous search in `directory`.
         out: an `_Output`.
         seed: seeds the oracle and fine-tuning.
+        fine_tune: `CompressionTuner`'s `fine_tune` ("mask", "lc" or "distill").
         command_line: the command to print in the resume hint.
 
     Returns:
@@ -557,6 +582,7 @@ def run_search(model, data, directory, *, model_name, objective, max_trials, epo
                 objective=objective,
                 max_trials=max_trials,
                 fine_tune_epochs=epochs,
+                fine_tune=fine_tune,
                 quantize=quantize,
                 seed=seed,
                 directory=directory,
@@ -672,7 +698,7 @@ def cmd_search(args, out):
         model, data, args.out, model_name=args.model, objective=args.objective,
         max_trials=args.max_trials, epochs=args.epochs, max_drop=args.max_drop,
         accuracy_floor=args.accuracy_floor, quantize=quantize, kernels=args.kernels,
-        overwrite=args.overwrite, out=out, seed=args.seed,
+        overwrite=args.overwrite, out=out, seed=args.seed, fine_tune=args.fine_tune,
         command_line="`" + " ".join(["keras-condensa", *args.argv]) + "`",
     )
     _print_search_result(result, out)
@@ -879,8 +905,10 @@ def build_parser():
     p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs (default 1)")
     p.add_argument("--batch-size", type=int, default=32, help=argparse.SUPPRESS)
     p.add_argument(
-        "--fine-tune", choices=("mask", "none"), default="mask",
-        help="mask: fine-tune with the masks enforced (default); none: one-shot, no training",
+        "--fine-tune", choices=("mask", "lc", "distill", "none"), default="mask",
+        help="mask: fine-tune with the masks enforced (default); lc: Condensa's L-C optimizer "
+        "(kc.LC, --epochs of training); distill: mask fine-tuning that also learns from the "
+        "dense model's soft targets (kc.Distiller); none: one-shot, no training",
     )
     p.add_argument("--out", required=True, help="the compressed .keras model to write")
     p.set_defaults(run=cmd_compress)
@@ -905,6 +933,11 @@ def build_parser():
                    help="the cost to minimise (default tflite_bytes)")
     p.add_argument("--max-trials", type=int, default=10, help="trials in all (default 10)")
     p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs per trial (default 1)")
+    p.add_argument(
+        "--fine-tune", choices=("mask", "lc", "distill"), default="mask",
+        help="how each trial recovers accuracy: mask fine-tuning (default), Condensa's L-C "
+        "optimizer, or distillation from the dense model",
+    )
     p.add_argument("--quantize", choices=_QUANTIZE_CHOICES, default="none",
                    help="quantization of the trials' LiteRT files and best.tflite (default none)")
     p.add_argument("--kernels", choices=("default", "builtin"), default="default",

@@ -246,3 +246,33 @@ def test_entry_point_runs_as_a_program(files):
     assert done.returncode == 2
     assert done.stdout == ""
     assert "exists" in done.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("fine_tune", ["lc", "distill"])
+def test_compress_fine_tunes_with_lc_or_distillation(files, tmp_path, capsys, fine_tune):
+    out = str(tmp_path / f"{fine_tune}.keras")
+    code = cli.main(
+        ["compress", files["model"], "--data", files["data"], "--scheme", "prune:0.2",
+         "--epochs", "6", "--fine-tune", fine_tune, "--out", out, "--json"]
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    model = keras.saving.load_model(out)
+    summary = kc.summary(model, print_fn=None)
+    assert summary.density == pytest.approx(0.2, abs=0.03)
+    assert result["nonzeros"] == summary.nonzeros
+    assert not any(isinstance(layer, kc.CompressionWrapper) for layer in model.layers)
+    _, _, x_val, y_val = files["digits"]
+    assert np.mean(np.argmax(model.predict(x_val, verbose=0), -1) == y_val) > 0.85
+
+
+def test_compress_lc_without_epochs_exits_2(files, tmp_path, capsys):
+    out = tmp_path / "out.keras"
+    code = cli.main(
+        ["compress", files["model"], "--data", files["data"], "--scheme", "prune:0.2",
+         "--epochs", "0", "--fine-tune", "lc", "--out", str(out)]
+    )
+    assert code == 2
+    lines = _error_lines(capsys)
+    assert len(lines) == 1 and "--fine-tune lc trains" in lines[0], lines
+    assert not out.exists()
