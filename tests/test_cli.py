@@ -276,3 +276,15 @@ def test_compress_lc_without_epochs_exits_2(files, tmp_path, capsys):
     lines = _error_lines(capsys)
     assert len(lines) == 1 and "--fine-tune lc trains" in lines[0], lines
     assert not out.exists()
+
+
+def test_search_fine_tunes_trials_with_lc(files, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    args = ["search", files["model"], "--data", files["data"], "--max-drop", "0.1",
+            "--max-trials", "1", "--epochs", "4", "--fine-tune", "lc",
+            "--objective", "nonzero_params", "--out", out, "--quiet", "--json"]
+    assert cli.main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    best = keras.saving.load_model(os.path.join(out, "best.keras"))
+    assert kc.summary(best, print_fn=None).nonzeros == result["best"]["nonzero_params"]
+    assert result["best"]["nonzero_params"] < kc.summary(best, print_fn=None).params
