@@ -16,6 +16,7 @@ kc.summary(final)
 
 from keras_condensa import search
 from keras_condensa.callbacks import UpdateMasks, callbacks
+from keras_condensa.dependency import ChannelRule, register_channel_rule
 from keras_condensa.distill import Distiller, distill
 from keras_condensa.lc import LC
 from keras_condensa.operators import (
@@ -32,6 +33,7 @@ from keras_condensa.operators import (
 )
 from keras_condensa.prunable import PrunableLayer, PruneSpec, register_prunable
 from keras_condensa.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
+from keras_condensa.shrink import shrink
 from keras_condensa.summary import Summary, summary
 from keras_condensa.surgery import strip
 from keras_condensa.version import __version__
@@ -39,6 +41,7 @@ from keras_condensa.wrappers import CompressionWrapper
 
 __all__ = [
     "BlockPrune",
+    "ChannelRule",
     "Compose",
     "ConstantSparsity",
     "FilterPrune",
@@ -61,7 +64,9 @@ __all__ = [
     "__version__",
     "callbacks",
     "distill",
+    "register_channel_rule",
     "register_prunable",
+    "shrink",
     "search",
     "strip",
     "summary",
