@@ -177,7 +177,7 @@ def table(model_name, results):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--fine-tune-epochs", type=int, default=10)
+    parser.add_argument("--fine-tune-epochs", type=int, default=20)
     parser.add_argument("--models", default="cnn,resnet")
     args = parser.parse_args()
     print(f"keras {keras.__version__}, backend {keras.backend.backend()}, no GPU used")
