@@ -400,7 +400,7 @@ def main():
     parser.add_argument("--model", choices=_digits.MODELS, default="lenet300")
     parser.add_argument("--lc-steps", type=int, default=20, help="kc-lc: L-C steps")
     parser.add_argument(
-        "--lc-lr-end", type=float, default=3e-3, help="kc-lc: learning rate of the last L step"
+        "--lc-lr-end", type=float, default=1e-2, help="kc-lc: learning rate of the last L step"
     )
     parser.add_argument("--temperature", type=float, default=2.0, help="kc-distill: temperature")
     parser.add_argument("--alpha", type=float, default=0.5, help="kc-distill: soft-loss weight")
