@@ -295,7 +295,7 @@ def kc_lc(model, density, data, ctx, quantize=None):
 
 
 def kc_distill(model, density, data, ctx, quantize=None):
-    """The kc column's gradual pruning (and QAT), trained through kc.distill from the dense model."""
+    """The kc column's gradual pruning (and QAT), trained through kc.distill from the dense."""
     import keras  # noqa: PLC0415
 
     import keras_condensa as kc  # noqa: PLC0415
@@ -461,7 +461,8 @@ def main():
         return f"{np.median(v):>{width}.4f}" if v else f"{'-':>{width}}"
 
     print(
-        f"\n{'LeNet-300-100' if MODEL == 'lenet300' else 'Small CNN'} on digits ({len(data[0])} train / {len(data[2])} val), Adam 1e-3, "
+        f"\n{'LeNet-300-100' if MODEL == 'lenet300' else 'Small CNN'} on digits "
+        f"({len(data[0])} train / {len(data[2])} val), Adam 1e-3, "
         f"batch {args.batch_size}."
         f"\nDense: {args.dense_epochs} epochs. Pruning: {args.epochs} fine-tuning epochs from the "
         "dense weights, PolynomialDecay 0 -> 1-density"

@@ -42,6 +42,38 @@ def _check_positive(name, value, minimum=0.0, strict=True):
     return float(value)
 
 
+def check_options(steps=20, mu_init=1e-2, mu_multiplier=1.3, mu_cap=1e4, lr_end=None):
+    """Checks `kc.LC`'s numeric arguments (a tuner checks them before any trial).
+
+    Args:
+        steps, mu_init, mu_multiplier, mu_cap, lr_end: as in `kc.LC`.
+
+    Returns:
+        A dict of the checked values (`steps` an int, the others floats or None).
+
+    Raises:
+        ValueError: naming the argument that is out of range.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ValueError(
+            f"steps is the number of L-C steps and must be a positive integer. "
+            f"Received: steps={steps!r}"
+        )
+    options = {
+        "steps": int(steps),
+        "mu_init": _check_positive("mu_init", mu_init),
+        "mu_multiplier": _check_positive("mu_multiplier", mu_multiplier, 1.0, strict=False),
+        "mu_cap": _check_positive("mu_cap", mu_cap),
+        "lr_end": None if lr_end is None else _check_positive("lr_end", lr_end),
+    }
+    if options["mu_cap"] < options["mu_init"]:
+        raise ValueError(
+            f"mu_cap must be >= mu_init. Received: mu_init={mu_init!r}, mu_cap={mu_cap!r}. "
+            "Raise mu_cap or lower mu_init."
+        )
+    return options
+
+
 def check_projectable(scheme):
     """Raises unless every operator of `scheme` is a projection L-C can run as its C step."""
     if not isinstance(scheme, Operator):
@@ -88,7 +120,7 @@ class _Penalized(keras.Model):
     def call(self, inputs, training=None):
         terms = [
             ops.sum(ops.square(ops.subtract(w, t)))
-            for w, t in zip(self.penalized_weights(), self.targets)
+            for w, t in zip(self.penalized_weights(), self.targets, strict=True)
         ]
         self.add_loss(ops.multiply(ops.multiply(self.mu, 0.5), ops.sum(ops.stack(terms))))
         return self.inner(inputs, training=training)
@@ -106,7 +138,7 @@ class _CStep(keras.callbacks.Callback):
 
     def project(self, shifted):
         """theta = the scheme's compression of `shifted` (one array per penalized weight)."""
-        for (_, (wrapper, path)), value in zip(self.pairs, shifted):
+        for (_, (wrapper, path)), value in zip(self.pairs, shifted, strict=True):
             wrapper.weight(path).assign(value)
         masking.update_masks(
             self.lc.scheme, self.projector, masking.initial_densities(self.lc.scheme)
@@ -121,11 +153,13 @@ class _CStep(keras.callbacks.Callback):
 
     def c_step(self, update_multipliers):
         w = self.weights()
-        theta = self.project([wi - li / self.mu for wi, li in zip(w, self.lambdas)])
+        theta = self.project([wi - li / self.mu for wi, li in zip(w, self.lambdas, strict=True)])
         if update_multipliers:
-            self.lambdas = [li - self.mu * (wi - ti) for li, wi, ti in zip(self.lambdas, w, theta)]
+            self.lambdas = [
+                li - self.mu * (wi - ti) for li, wi, ti in zip(self.lambdas, w, theta, strict=True)
+            ]
             self.mu = min(self.mu * self.lc.mu_multiplier, self.lc.mu_cap)
-        for target, ti, li in zip(self.penalized.targets, theta, self.lambdas):
+        for target, ti, li in zip(self.penalized.targets, theta, self.lambdas, strict=True):
             target.assign(ti + li / self.mu)
         self.penalized.mu.assign(self.mu)
         self.mus.append(self.mu)
@@ -199,22 +233,13 @@ class LC:
 
     def __init__(self, scheme, steps=20, mu_init=1e-2, mu_multiplier=1.3, mu_cap=1e4, lr_end=None):
         check_projectable(scheme)
-        self.lr_end = None if lr_end is None else _check_positive("lr_end", lr_end)
-        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-            raise ValueError(
-                f"steps is the number of L-C steps and must be a positive integer. "
-                f"Received: steps={steps!r}"
-            )
         self.scheme = scheme
-        self.steps = int(steps)
-        self.mu_init = _check_positive("mu_init", mu_init)
-        self.mu_multiplier = _check_positive("mu_multiplier", mu_multiplier, 1.0, strict=False)
-        self.mu_cap = _check_positive("mu_cap", mu_cap)
-        if self.mu_cap < self.mu_init:
-            raise ValueError(
-                f"mu_cap must be >= mu_init. Received: mu_init={mu_init!r}, mu_cap={mu_cap!r}. "
-                "Raise mu_cap or lower mu_init."
-            )
+        options = check_options(steps, mu_init, mu_multiplier, mu_cap, lr_end)
+        self.steps = options["steps"]
+        self.mu_init = options["mu_init"]
+        self.mu_multiplier = options["mu_multiplier"]
+        self.mu_cap = options["mu_cap"]
+        self.lr_end = options["lr_end"]
         self.history = None
         self.mus = []
 
@@ -288,7 +313,7 @@ class LC:
         )
         self.mus = list(c_step.mus)
         theta = c_step.c_step(update_multipliers=False)
-        for (variable, _), value in zip(pairs, theta):
+        for (variable, _), value in zip(pairs, theta, strict=True):
             variable.assign(value)
         inner.compile(
             optimizer=optimizer.__class__.from_config(optimizer.get_config()),

@@ -44,7 +44,7 @@ def test_student_learns_from_soft_targets_alone_and_keeps_its_masks(trained_lene
         == np.argmax(model.predict(x_val, verbose=0), -1)
     )
     assert agreement > 0.93, agreement
-    for a, b in zip(before, weights_of(model)):  # the teacher is not trained
+    for a, b in zip(before, weights_of(model), strict=True):  # the teacher is not trained
         np.testing.assert_array_equal(a, b)
 
 

@@ -3,11 +3,10 @@
 import keras
 import numpy as np
 import pytest
+from conftest import compile_classifier, lenet_300_100, weights_of
 
 import keras_condensa as kc
 from keras_condensa import masking
-
-from conftest import compile_classifier, lenet_300_100, weights_of
 
 EPOCHS = 12
 
@@ -90,10 +89,12 @@ def test_penalty_beats_training_then_projecting(lc_run, trained_lenet, digits):
     assert _accuracy(result, x_val, y_val) > _accuracy(projected, x_val, y_val) + 0.1
 
 
-def test_lc_returns_a_plain_compiled_model_and_leaves_the_input_alone(lc_run, trained_lenet, digits):
+def test_lc_returns_a_plain_compiled_model_and_leaves_the_input_alone(
+    lc_run, trained_lenet, digits
+):
     model, _ = trained_lenet
     lc, result, before = lc_run
-    for a, b in zip(before, weights_of(model)):
+    for a, b in zip(before, weights_of(model), strict=True):
         np.testing.assert_array_equal(a, b)
     assert not list(masking.iter_wrappers(result))
     assert result is not model and result.optimizer is not None

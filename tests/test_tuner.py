@@ -251,6 +251,10 @@ def test_fine_tune_argument_errors(dense, tmp_path):
         _tuner(dense, tmp_path, fine_tune="qat")
     with pytest.raises(ValueError, match=r"fine_tune='distill' takes .*unknown keys: \['steps'\]"):
         _tuner(dense, tmp_path, fine_tune="distill", fine_tune_options={"steps": 3})
+    # Bad L-C numbers are refused before any trial runs (each trial would fail the same way).
+    with pytest.raises(ValueError, match=r"mu_init must be a finite number > 0. Received: mu_init"):
+        _tuner(dense, tmp_path, fine_tune="lc", fine_tune_options={"mu_init": -1})
+    assert not os.path.exists(os.path.join(tmp_path, "digits"))
 
 
 def test_fine_tune_lc_fails_a_trial_whose_scheme_it_cannot_project(dense, tmp_path):

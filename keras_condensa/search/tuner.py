@@ -22,6 +22,7 @@ from keras_condensa.bench import keras_latency_ms
 from keras_condensa.callbacks import callbacks as scheme_callbacks
 from keras_condensa.distill import Distiller
 from keras_condensa.lc import LC
+from keras_condensa.lc import check_options as check_lc_options
 from keras_condensa.search.constraint import Constraint
 from keras_condensa.search.oracle import ConstrainedBayesianOracle, trial_metric
 from keras_condensa.summary import summary as model_summary
@@ -36,13 +37,13 @@ BASE_METRICS = (
     "keras_latency_ms",
     "fine_tune_epochs",
 )
-# Metrics reported only when the trial exports a LiteRT file.
 FINE_TUNE_METHODS = ("mask", "lc", "distill")
 _FINE_TUNE_OPTIONS = {
     "mask": (),
     "lc": ("steps", "mu_init", "mu_multiplier", "mu_cap", "lr_end"),
     "distill": ("temperature", "alpha"),
 }
+# Metrics reported only when the trial exports a LiteRT file.
 EXPORT_METRICS = ("tflite_bytes", "tflite_gzip_bytes", "litert_latency_ms")
 
 _MODEL_FILE = "model.keras"
@@ -185,8 +186,10 @@ class CompressionTuner(keras_tuner.Tuner):
         overwrite=False,
         verbose=0,
     ):
-        if isinstance(max_trials, bool) or not isinstance(max_trials, numbers.Integral) or (
-            max_trials < 1
+        if (
+            isinstance(max_trials, bool)
+            or not isinstance(max_trials, numbers.Integral)
+            or (max_trials < 1)
         ):
             raise ValueError(
                 f"`max_trials` must be a positive integer. Received: max_trials={max_trials!r}."
@@ -214,7 +217,8 @@ class CompressionTuner(keras_tuner.Tuner):
         self.x_val, self.y_val = _unpack("validation_data", validation_data)
         if fine_tune not in FINE_TUNE_METHODS:
             raise ValueError(
-                f"`fine_tune` must be one of {FINE_TUNE_METHODS}. Received: fine_tune={fine_tune!r}. "
+                f"`fine_tune` must be one of {FINE_TUNE_METHODS}. "
+                f"Received: fine_tune={fine_tune!r}. "
                 "Use 'mask' to fine-tune with the masks, 'lc' for Condensa's L-C optimizer, "
                 "'distill' to learn from the dense model's soft targets."
             )
@@ -226,6 +230,8 @@ class CompressionTuner(keras_tuner.Tuner):
                 f"`fine_tune_options` for fine_tune={fine_tune!r} takes {list(allowed)}. "
                 f"Received unknown keys: {unknown}."
             )
+        if fine_tune == "lc":
+            check_lc_options(**options)  # before any trial: every trial would fail the same way
         self.fine_tune_epochs = int(fine_tune_epochs)
         self.fine_tune = fine_tune
         self.fine_tune_options = options
@@ -414,8 +420,7 @@ class CompressionTuner(keras_tuner.Tuner):
         completed = [t for t in self.oracle.get_best_trials(1) if t.status == _COMPLETED]
         if not completed:
             raise RuntimeError(
-                "No trial has completed yet; run `search()` first (failed trials "
-                "have no model)."
+                "No trial has completed yet; run `search()` first (failed trials have no model)."
             )
         return completed[0]
 
@@ -514,7 +519,6 @@ class CompressionTuner(keras_tuner.Tuner):
             return self.model.loss
         return keras.losses.SparseCategoricalCrossentropy(from_logits=self._from_logits)
 
-
     def _lc(self, scheme, trial):
         """Compresses the dense model with kc.LC for `fine_tune_epochs`; returns it stripped."""
         try:
@@ -573,7 +577,7 @@ def _to_objective(objective):
     if isinstance(objective, keras_tuner.Objective):
         return objective
     raise ValueError(
-        "`objective` must be a metric name (e.g. \"tflite_bytes\") or a "
+        '`objective` must be a metric name (e.g. "tflite_bytes") or a '
         f"`keras_tuner.Objective`. Received: {objective!r}."
     )
 
