@@ -61,6 +61,15 @@ def has_fake_quant(op_types):
     return any(t.startswith(_FAKE_QUANT_PREFIX) for t in op_types)
 
 
+def fake_quant_bits(concrete):
+    """The `num_bits` of the traced function's fake-quant ops (an empty set without QAT)."""
+    graph_def = concrete.graph.as_graph_def()
+    nodes = list(graph_def.node)
+    for function in graph_def.library.function:
+        nodes.extend(function.node_def)
+    return {n.attr["num_bits"].i for n in nodes if n.op.startswith(_FAKE_QUANT_PREFIX)}
+
+
 def has_while(op_types):
     return any(t in _WHILE_OPS for t in op_types)
 
@@ -246,6 +255,15 @@ def convert(
         notes.append(
             f"unrolled recurrent layers {names} for int8 calibration: the TFLite calibrator "
             f"crashes on WHILE loops ({CALIBRATOR_BUG}); same function, larger file"
+        )
+    if sparse and quantize is not None and min(fake_quant_bits(concrete), default=8) < 8:
+        # TF 2.21's sparsity pass aborts the whole process on the int4 tensors that
+        # 4-bit weights become; the converter packs those two to a byte anyway.
+        sparse = False
+        notes.append(
+            "sparse encoding skipped: the weights are 4-bit (kc.Quantize('int4')), which the "
+            "converter stores as packed int4 tensors and its sparsity pass cannot encode (it "
+            "aborts the process in TensorFlow 2.21); pruned zeros still shrink the gzip size"
         )
     args = (model, concrete, quantize, representative, sparse, int8_io, allow_select_tf_ops)
     if quantize == "int8" and representative is not None:
