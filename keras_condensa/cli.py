@@ -507,7 +507,7 @@ def _progress_printer(out, objective, max_trials):
 
 def run_search(model, data, directory, *, model_name, objective, max_trials, epochs,
                max_drop=None, accuracy_floor=None, quantize=None, kernels="default",
-               overwrite=False, out, seed=0, command_line=None, fine_tune="mask"):
+               overwrite=False, out, seed=0, command_line=None, fine_tune="mask", qat=None):
     """Runs the constrained search over `prune` density and writes the outputs.
 
     The Keras Tuner project lives in `directory/search/`; the outputs
@@ -534,6 +534,9 @@ def run_search(model, data, directory, *, model_name, objective, max_trials, epo
         out: an `_Output`.
         seed: seeds the oracle and fine-tuning.
         fine_tune: `CompressionTuner`'s `fine_tune` ("mask", "lc" or "distill").
+        qat: `None`, or `"int8"`/`"int4"`: every trial's scheme quantizes its
+            weights too (`kc.Quantize(qat)` after the pruning), and its LiteRT
+            file takes the learned ranges (`quantize` must be `"int8"`).
         command_line: the command to print in the resume hint.
 
     Returns:
@@ -565,7 +568,8 @@ def run_search(model, data, directory, *, model_name, objective, max_trials, epo
     os.makedirs(directory, exist_ok=True)
 
     def scheme(hp):
-        return kc.Prune(density=hp.Float("density", 0.01, 1.0, sampling="log"))
+        prune = kc.Prune(density=hp.Float("density", 0.01, 1.0, sampling="log"))
+        return prune if qat is None else kc.Compose([prune, kc.Quantize(qat)])
 
     tuner_class = _make_tuner_class()
     # Keras Tuner prints ("Reloading Tuner from ...") on stdout, which belongs to the results.
@@ -601,7 +605,9 @@ def run_search(model, data, directory, *, model_name, objective, max_trials, epo
         out.progress(f"resuming the search in {directory}: {kept} finished trial(s) kept")
     out.progress(
         f"dense val_accuracy {tuner.dense_accuracy:.4f}, floor {tuner.accuracy_floor:.4f}; "
-        f"minimising {objective} over prune density in [0.01, 1] (log), {max_trials} trials"
+        f"minimising {objective} over prune density in [0.01, 1] (log)"
+        + (f" with {qat} quantization-aware fine-tuning" if qat else "")
+        + f", {max_trials} trials"
     )
     try:
         with contextlib.redirect_stdout(chatter):
@@ -699,6 +705,7 @@ def cmd_search(args, out):
         max_trials=args.max_trials, epochs=args.epochs, max_drop=args.max_drop,
         accuracy_floor=args.accuracy_floor, quantize=quantize, kernels=args.kernels,
         overwrite=args.overwrite, out=out, seed=args.seed, fine_tune=args.fine_tune,
+        qat=None if args.qat == "none" else args.qat,
         command_line="`" + " ".join(["keras-condensa", *args.argv]) + "`",
     )
     _print_search_result(result, out)
@@ -715,6 +722,11 @@ def _check_search_args(args):
         value = getattr(args, name)
         if value is not None and not 0 <= value <= 1:
             raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+    if args.qat != "none" and args.quantize != "int8":
+        raise UsageError(
+            f"--qat {args.qat} fine-tunes with quantized weights; export them with "
+            f"--quantize int8 (got --quantize {args.quantize})"
+        )
 
 
 def json_result(result):
@@ -940,6 +952,11 @@ def build_parser():
     )
     p.add_argument("--quantize", choices=_QUANTIZE_CHOICES, default="none",
                    help="quantization of the trials' LiteRT files and best.tflite (default none)")
+    p.add_argument(
+        "--qat", choices=("none", "int8", "int4"), default="none",
+        help="quantization-aware fine-tuning of every trial (kc.Quantize after the pruning; "
+        "int4 stores 4-bit weights); needs --quantize int8 (default none)",
+    )
     p.add_argument("--kernels", choices=("default", "builtin"), default="default",
                    help="LiteRT kernels best.tflite must run on (builtin keeps sparse int8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the oracle and fine-tuning")
@@ -976,8 +993,9 @@ def build_parser():
     p = sub.add_parser(
         "demo", parents=[common], help="LeNet-300-100 on digits: search, export, compare",
         description="Train LeNet-300-100 on scikit-learn's bundled digits (no download), "
-        "search the prune density under a floor of the dense accuracy minus 1 point, export "
-        "the best model to int8 sparse LiteRT, verify it and compare it with the dense model.",
+        "search the prune density (fine-tuned with int4 weights) under a floor of the dense "
+        "accuracy minus 1 point, export the best model to LiteRT (int4 weights, int8 "
+        "activations), verify it and compare it with the dense model.",
     )
     p.add_argument("--max-trials", type=int, default=10, help="trials (default 10)")
     p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per trial (default 2)")

@@ -126,6 +126,18 @@ def test_compress_bad_input_exits_2_with_one_line_and_no_output(
     assert not out.exists()
 
 
+def test_search_qat_without_int8_export_exits_2_and_writes_nothing(files, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main(
+        ["search", files["model"], "--data", files["data"], "--max-drop", "0.02",
+         "--qat", "int4", "--out", str(out)]
+    )
+    assert code == 2
+    lines = _error_lines(capsys)
+    assert len(lines) == 1 and "--qat int4" in lines[0] and "--quantize int8" in lines[0], lines
+    assert not out.exists()
+
+
 def test_search_writes_outputs_then_refuses_the_finished_dir(files, tmp_path, capsys):
     out = str(tmp_path / "run")
     args = ["search", files["model"], "--data", files["data"], "--max-drop", "0.05",
