@@ -30,7 +30,7 @@ and PolynomialDecay fractions) over a grid of densities:
 All files use the dense weight encoding (it gzips smaller than the sparse one for
 int8) and are run with the ai-edge-litert interpreter for their accuracy.
 
-Run: `.venv/bin/python benchmarks/export.py` (about 4 minutes on 2 cores; the
+Run: `.venv/bin/python benchmarks/export.py` (about a minute on 2 cores; the
 tfmot column needs `pip install -e ".[compare]"`, else it is left out).
 """
 
