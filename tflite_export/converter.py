@@ -47,13 +47,17 @@ def trace(model, specs):
     return tf.function(serve, input_signature=signature).get_concrete_function()
 
 
+def _graph_nodes(concrete):
+    """Every node of a traced function, including those of its nested functions."""
+    graph_def = concrete.graph.as_graph_def()
+    yield from graph_def.node
+    for function in graph_def.library.function:
+        yield from function.node_def
+
+
 def graph_op_types(concrete):
     """All op types in a traced function, including its nested functions."""
-    graph_def = concrete.graph.as_graph_def()
-    types = {node.op for node in graph_def.node}
-    for function in graph_def.library.function:
-        types.update(node.op for node in function.node_def)
-    return types
+    return {node.op for node in _graph_nodes(concrete)}
 
 
 def has_fake_quant(op_types):
@@ -63,11 +67,9 @@ def has_fake_quant(op_types):
 
 def fake_quant_bits(concrete):
     """The `num_bits` of the traced function's fake-quant ops (an empty set without QAT)."""
-    graph_def = concrete.graph.as_graph_def()
-    nodes = list(graph_def.node)
-    for function in graph_def.library.function:
-        nodes.extend(function.node_def)
-    return {n.attr["num_bits"].i for n in nodes if n.op.startswith(_FAKE_QUANT_PREFIX)}
+    return {
+        n.attr["num_bits"].i for n in _graph_nodes(concrete) if n.op.startswith(_FAKE_QUANT_PREFIX)
+    }
 
 
 def has_while(op_types):
