@@ -321,9 +321,11 @@ class CompressionTuner(keras_tuner.Tuner):
                 `scheme.apply` raised, or fine-tuning diverged (NaN loss).
         """
         hp = trial.hyperparameters
+        by_lc = self.fine_tune == "lc" and self.fine_tune_epochs > 0
         try:
             scheme = self.scheme(hp)
-            compressed = scheme.apply(self.model)
+            # L-C applies the scheme itself, to the dense weights it trains.
+            compressed = None if by_lc else scheme.apply(self.model)
         except Exception as e:
             raise kt_errors.FailedTrialError(
                 f"Trial {trial.trial_id}: building or applying the scheme for "
@@ -333,7 +335,7 @@ class CompressionTuner(keras_tuner.Tuner):
             keras.utils.set_random_seed(self.seed)
 
         epochs_run = 0
-        if self.fine_tune == "lc" and self.fine_tune_epochs:
+        if by_lc:
             final = self._lc(scheme, trial)
             epochs_run = self.fine_tune_epochs
         elif self.fine_tune_epochs:
@@ -360,7 +362,7 @@ class CompressionTuner(keras_tuner.Tuner):
                 _check_finite(history, trial)
                 epochs_run = self.fine_tune_epochs
 
-        if not (self.fine_tune == "lc" and self.fine_tune_epochs):
+        if not by_lc:
             final = strip(compressed)
         outputs = self._predict(final)
         if not np.all(np.isfinite(outputs)):
@@ -529,15 +531,20 @@ class CompressionTuner(keras_tuner.Tuner):
             ) from e
         source = strip(self.model)  # a copy, compiled like the trials
         source.compile(optimizer=self._make_optimizer(), loss=self._make_loss())
-        final = lc.fit(
-            source,
-            self.x_train,
-            self.y_train,
-            epochs=self.fine_tune_epochs,
-            batch_size=self.batch_size,
-            verbose=self.verbose,
-            seed=self.seed,
-        )
+        try:
+            final = lc.fit(
+                source,
+                self.x_train,
+                self.y_train,
+                epochs=self.fine_tune_epochs,
+                batch_size=self.batch_size,
+                verbose=self.verbose,
+                seed=self.seed,
+            )
+        except (TypeError, ValueError) as e:  # the scheme does not apply to this model
+            raise kt_errors.FailedTrialError(
+                f"Trial {trial.trial_id}: fine_tune='lc' failed: {type(e).__name__}: {e}"
+            ) from e
         _check_finite(lc.history, trial)
         return final
 
