@@ -13,6 +13,8 @@ import numbers
 import keras
 from keras import ops
 
+from keras_condensa.compiling import compile_like
+
 
 def _output_shape(model):
     outputs = getattr(model, "outputs", None)
@@ -83,8 +85,10 @@ class Distiller(keras.Model):
         kwargs.setdefault("name", f"{getattr(student, 'name', 'student')}_distiller")
         super().__init__(**kwargs)
         check_pair(student, teacher)
-        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not (
-            temperature > 0
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, numbers.Real)
+            or not (temperature > 0)
         ):
             raise ValueError(
                 "temperature softens the teacher's outputs and must be > 0 (typically 2-8). "
@@ -180,13 +184,6 @@ def distill(student, teacher, temperature=4.0, alpha=0.9, from_logits=True):
     distiller = Distiller(
         student, teacher, temperature=temperature, alpha=alpha, from_logits=from_logits
     )
-    optimizer = getattr(student, "optimizer", None)
-    loss = getattr(student, "loss", None)
-    if optimizer is not None and loss is not None:
-        config = getattr(getattr(student, "_compile_config", None), "config", None) or {}
-        distiller.compile(
-            optimizer=optimizer.__class__.from_config(optimizer.get_config()),
-            loss=loss,
-            metrics=config.get("metrics"),
-        )
+    if getattr(student, "optimizer", None) is not None and getattr(student, "loss", None):
+        compile_like(distiller, student)
     return distiller

@@ -27,6 +27,7 @@ import numpy as np
 from keras import ops
 
 from keras_condensa import masking, prunable
+from keras_condensa.compiling import compile_like
 from keras_condensa.operators.base import Operator
 
 
@@ -288,9 +289,7 @@ class LC:
                 keys.append((wrapper.layer.name, path))
 
         penalized = _Penalized(inner, keys, name=f"{model.name}_lc")
-        penalized.compile(
-            optimizer=optimizer.__class__.from_config(optimizer.get_config()), loss=model.loss
-        )
+        compile_like(penalized, model, metrics=False)
         c_step = _CStep(self, penalized, projector, pairs)
         c_step.c_step(update_multipliers=False)  # theta = scheme(w), lambda = 0
 
@@ -315,12 +314,7 @@ class LC:
         theta = c_step.c_step(update_multipliers=False)
         for (variable, _), value in zip(pairs, theta, strict=True):
             variable.assign(value)
-        inner.compile(
-            optimizer=optimizer.__class__.from_config(optimizer.get_config()),
-            loss=model.loss,
-            metrics=_metrics_of(model),
-        )
-        return inner
+        return compile_like(inner, model)
 
     def get_config(self):
         return {
@@ -335,10 +329,3 @@ class LC:
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"LC({args})"
-
-
-def _metrics_of(model):
-    """The metric names `model` was compiled with (e.g. ["accuracy"]), or None."""
-    config = getattr(model, "_compile_config", None)
-    config = getattr(config, "config", None) or {}
-    return config.get("metrics")
