@@ -18,6 +18,8 @@ import dataclasses
 import keras
 import numpy as np
 
+from keras_condensa.wrappers import CompressionWrapper
+
 
 @dataclasses.dataclass(frozen=True)
 class ChannelRule:
@@ -76,8 +78,14 @@ def register_channel_rule(layer_class, rule):
     _RULES[layer_class] = rule
 
 
+def unwrapped(layer):
+    """The layer a `CompressionWrapper` wraps, or `layer` itself."""
+    return layer.layer if isinstance(layer, CompressionWrapper) else layer
+
+
 def channel_rule(layer):
-    """The `ChannelRule` of `layer`, or `None` if its layer type is unknown."""
+    """The `ChannelRule` of `layer` (of the layer it wraps), or `None` if its type is unknown."""
+    layer = unwrapped(layer)
     for cls in type(layer).__mro__:
         if cls in _RULES:
             return _RULES[cls]
@@ -102,7 +110,8 @@ def _bn_check(layer):
         if isinstance(layer.axis, int)
         else (layer.axis[0] if len(layer.axis) == 1 else None)
     )
-    if axis not in (-1, len(layer.input.shape) - 1 if layer._inbound_nodes else -1):
+    rank = getattr(layer.input_spec, "ndim", None)  # set by build, also inside a wrapper
+    if axis != -1 and (rank is None or axis != rank - 1):
         return f"normalizes axis {layer.axis}, not the channel axis -1"
     return None
 
@@ -298,10 +307,14 @@ class DependencyGraph:
     Raises:
         ValueError: on an unknown layer with `on_unknown="error"`.
 
+    A `CompressionWrapper` counts as the layer it wraps, so the graph of a
+    model returned by `scheme.apply` has the same groups as the plain model.
+
     Attributes:
         layouts: `{id(tensor): Layout}` for every tensor of the graph.
-        node_inputs / node_outputs: per layer, its input and output tensors.
+        nodes: `(layer, input tensors, output tensors)`, producers first.
         groups: the distinct groups (roots).
+        skipped: `{layer name: why}` for the layers the graph cannot follow.
     """
 
     def __init__(self, model, on_unknown="error"):
@@ -312,6 +325,9 @@ class DependencyGraph:
         self.layouts = {}
         self.nodes = []
         self.skipped = {}
+        self._channels = {}
+        self._previous = {}
+        made_by = {}
         fn = graph_of(model)
         for node in nodes_in_order(model):
             layer = node.operation
@@ -324,12 +340,17 @@ class DependencyGraph:
                     self.layouts[id(t)] = Layout([g])
                 continue
             self.nodes.append((layer, inputs, outputs))
+            if len(inputs) == 1:
+                self._previous[id(layer)] = made_by.get(id(inputs[0]))
+            made_by.update((id(t), layer) for t in outputs)
             in_layouts = [self.layouts[id(t)] for t in inputs]
             out = self._propagate(layer, in_layouts, outputs)
             for t in outputs:
                 self.layouts[id(t)] = out
+        self._output_groups = set()
         for t in _as_list(fn.outputs):
             _freeze(self.layouts[id(t)], "feeds the model output")
+            self._output_groups.update(id(g) for g in self.layouts[id(t)].groups())
         self.groups = list(
             {id(g.root()): g.root() for lay in self.layouts.values() for g in lay.segments}.values()
         )
@@ -354,14 +375,43 @@ class DependencyGraph:
             g.frozen is None for lay in in_layouts for g in lay.groups()
         )
 
+    def channels_of(self, layer):
+        """The `Layout` of the channels a layer's mask would cover, or `None`.
+
+        For a producer, its output channels; for a channel-wise layer
+        (BatchNormalization, DepthwiseConv2D), its input channels, which
+        are its output channels. `None` for a layer the graph does not
+        follow (outside the graph, unknown, or after a `Flatten`).
+        """
+        layout = self._channels.get(id(layer))
+        return layout if layout is not None and layout.repeat == 1 else None
+
+    def previous(self, layer):
+        """The layer whose output a single-input `layer` reads, or `None` (a model input)."""
+        return self._previous.get(id(layer))
+
+    def feeds_output(self, group):
+        """Whether the channels of `group` reach a model output (they are never pruned)."""
+        return id(group.root()) in self._output_groups
+
     def _propagate(self, layer, in_layouts, outputs):
+        out = self._layout_after(layer, in_layouts, outputs)
+        kind = channel_rule(layer).kind if layer.name not in self.skipped else None
+        if kind == "producer":
+            self._channels[id(layer)] = out
+        elif kind == "channelwise":
+            self._channels[id(layer)] = in_layouts[0]
+        return out
+
+    def _layout_after(self, layer, in_layouts, outputs):
         rule = channel_rule(layer)
         if rule is None:
             why = "no channel rule for this layer type"
             if isinstance(layer, keras.Model):
                 why = "a nested model (shrink works on one flat graph)"
             return self._unknown(layer, in_layouts, outputs, why)
-        why = rule.check(layer) if rule.check else None
+        inner = unwrapped(layer)
+        why = rule.check(inner) if rule.check else None
         if why is None and len(layer._inbound_nodes) > 1:
             why = "shared layer (called more than once)"
         if why is None and len(outputs) != 1:
@@ -369,7 +419,7 @@ class DependencyGraph:
         if why is not None:
             return self._unknown(layer, in_layouts, outputs, why)
         if rule.kind == "producer":
-            if in_layouts[0].repeat > 1 and not isinstance(layer, keras.layers.Dense):
+            if in_layouts[0].repeat > 1 and not isinstance(inner, keras.layers.Dense):
                 _freeze(in_layouts[0], f"'{layer.name}' reads a flattened tensor")
             return Layout([Group(outputs[0].shape[-1], layer)])
         if rule.kind == "channelwise":

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_condensa import prunable
+from keras_condensa import dependency, prunable
 from keras_condensa.wrappers import CompressionWrapper
 
 
@@ -60,7 +60,9 @@ def update_masks(scheme, model, densities):
     """Recomputes every mask of `model` for `scheme` and zeroes the pruned weights.
 
     Operators run in order; each sees the weights the previous ones left, and
-    a weight's mask is the product of the operators' masks.
+    a weight's mask is the product of the operators' masks. Operators that
+    prune coupled channels together (`coupled_channels`) get the model's
+    channel dependency graph.
 
     Args:
         scheme: the operator or `Compose` that was applied.
@@ -74,6 +76,7 @@ def update_masks(scheme, model, densities):
         for p in w.masked_weights
     }
     new_masks = {}
+    graph = None
     for op in scheme.operators():
         density = densities.get(op)
         if density is None or not op.prunes:
@@ -84,7 +87,11 @@ def update_masks(scheme, model, densities):
         ]
         if not items:
             continue
-        for key, mask in op.compute_masks(items, density).items():
+        extra = {}
+        if getattr(op, "coupled_channels", False) and is_graph_model(model):
+            graph = graph or dependency.DependencyGraph(model, on_unknown="skip")
+            extra["graph"] = graph
+        for key, mask in op.compute_masks(items, density, **extra).items():
             values[key] = values[key] * mask
             new_masks[key] = mask if key not in new_masks else new_masks[key] * mask
     optimizer = getattr(model, "optimizer", None)

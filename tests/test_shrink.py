@@ -35,18 +35,21 @@ def _filters(model):
     }
 
 
-def _resnet(seed=0):
-    """ResNet-style: stem, two bottleneck blocks with batch norm and residual adds."""
+def _resnet(seed=0, momentum=0.99):
+    """ResNet-style: stem, two bottleneck blocks with batch norm and residual adds.
+
+    `momentum` is the BatchNorm one: 0.9 lets a few epochs settle the moving statistics.
+    """
     keras.utils.set_random_seed(seed)
     layers = keras.layers
     inputs = keras.Input((8, 8, 1))
     h = layers.Conv2D(16, 3, padding="same", name="stem")(inputs)
-    h = layers.ReLU()(layers.BatchNormalization(name="stem_bn")(h))
+    h = layers.ReLU()(layers.BatchNormalization(momentum=momentum, name="stem_bn")(h))
     for b in range(2):
         r = layers.Conv2D(16, 3, padding="same", name=f"b{b}_conv1")(h)
-        r = layers.ReLU()(layers.BatchNormalization(name=f"b{b}_bn1")(r))
+        r = layers.ReLU()(layers.BatchNormalization(momentum=momentum, name=f"b{b}_bn1")(r))
         r = layers.Conv2D(16, 1, name=f"b{b}_conv2")(r)
-        r = layers.BatchNormalization(name=f"b{b}_bn2")(r)
+        r = layers.BatchNormalization(momentum=momentum, name=f"b{b}_bn2")(r)
         h = layers.ReLU()(layers.Add(name=f"b{b}_add")([h, r]))
     h = layers.GlobalAveragePooling2D()(h)
     outputs = layers.Dense(10, name="logits")(h)

@@ -3,11 +3,39 @@
 After Condensa's `NeuronPrune`, `FilterPrune` and `StructurePrune`. A removed
 structure is an output channel: its column of the kernel and its bias entry
 are zeroed, so the channel outputs `activation(0)`.
+
+Channels are chosen so that `kc.shrink` can remove them. Following the
+channel dependency graph (`keras_condensa.dependency`), output channels that
+are coupled (the convolutions whose outputs meet at a residual `Add`, a
+DepthwiseConv2D and the convolution that feeds it) form one group: channel i
+of the group is scored by the mean of its members' scores and kept or pruned
+in all of them at once. Channels that reach a model output are never pruned.
+A BatchNormalization on pruned channels has their `gamma` and `beta` masked
+too, so a pruned channel is exactly zero after it whatever its moving
+statistics, in training and in inference.
 """
 
-from keras_condensa import masks
-from keras_condensa.operators.base import PruningOperator
+import keras
+import numpy as np
+from keras import ops
+
+from keras_condensa import dependency, masks
+from keras_condensa.operators.base import PruningOperator, _matches
 from keras_condensa.operators.prune import check_min_density, check_scope
+
+# Layers with per-channel weights that follow the mask of the channels they receive.
+_FOLLOWERS = (keras.layers.BatchNormalization,)
+
+
+def _follower_paths(layer):
+    return tuple(name for name, on in (("gamma", layer.scale), ("beta", layer.center)) if on)
+
+
+def _batchnorm_scale(layer, current):
+    """Per channel: how much a BatchNormalization in inference scales its input."""
+    variance = np.asarray(ops.convert_to_numpy(layer.moving_variance), "float32")
+    gamma = current.get("gamma", np.ones_like(variance))
+    return np.abs(gamma) / np.sqrt(variance + layer.epsilon)
 
 
 class _ChannelPrune(PruningOperator):
@@ -39,7 +67,21 @@ class _ChannelPrune(PruningOperator):
         self.min_layer_density = float(min_layer_density)
         self.prune_bias = bool(prune_bias)
 
+    # `masking.update_masks` passes the model's channel dependency graph to `compute_masks`.
+    coupled_channels = True
+
+    def selects(self, layer):
+        # A BatchNormalization follows the channels of the layers it normalizes,
+        # whatever include= names; exclude= can still leave it out.
+        if isinstance(layer, _FOLLOWERS):
+            return not _matches(layer, self.exclude)
+        return super().selects(layer)
+
     def reason_unsupported(self, layer, spec):
+        if isinstance(layer, _FOLLOWERS):
+            rule = dependency.channel_rule(layer)
+            why = rule.check(layer) if rule.check else None
+            return why or (None if _follower_paths(layer) else "no gamma or beta to mask")
         reason = super().reason_unsupported(layer, spec)
         if reason is None and spec.kind not in self.kinds:
             wanted = " or ".join(self.kinds)
@@ -47,34 +89,94 @@ class _ChannelPrune(PruningOperator):
         return reason
 
     def paths(self, layer, spec):
+        if isinstance(layer, _FOLLOWERS):
+            return _follower_paths(layer)
         paths = [spec.channel_weight]
         if self.prune_bias and spec.bias:
             paths.append(spec.bias)
         return tuple(paths)
 
-    def compute_masks(self, items, density):
-        scores = [
-            masks.channel_scores(current[spec.channel_weight], spec.channel_axes, self.criterion)
-            for _, spec, _, current in items
-        ]
-        sizes = [s.size for s in scores]
-        if self.scope == "global":
+    def compute_masks(self, items, density, graph=None):
+        """Masks whole channels; see `PruningOperator.compute_masks`.
+
+        Args:
+            items: as in `PruningOperator.compute_masks`.
+            density: the fraction of channels to keep, per group (`"layer"`
+                scope) or over all groups (`"global"`).
+            graph: the model's `dependency.DependencyGraph`: coupled
+                channels share one mask and channels that reach a model
+                output are kept. `None` scores every layer on its own.
+
+        Returns:
+            A dict `{(id(wrapper), path): mask}`.
+        """
+        units, followers = self._units(items, graph)
+        scores = [np.mean([score for *_, score in members], axis=0) for _, members in units]
+        if not scores:
+            counts = []
+        elif self.scope == "global":
             aligns = [self.align] * len(scores) if self.align else None
             counts = masks.global_keep_counts(scores, density, self.min_layer_density, aligns)
         else:
-            counts = [masks.keep_count(density, n, self.align) for n in sizes]
-        result = {}
-        for (wrapper, spec, paths, current), score, count in zip(items, scores, counts):
+            counts = [masks.keep_count(density, s.size, self.align) for s in scores]
+        result, kept = {}, {}
+        for (group, members), score, count in zip(units, scores, counts, strict=True):
             keep = masks.topk_mask(score, count)
-            kernel = current[spec.channel_weight]
-            result[(id(wrapper), spec.channel_weight)] = masks.expand_channel_mask(
-                keep, kernel, spec.channel_axes
-            )
-            if spec.bias in paths:
-                result[(id(wrapper), spec.bias)] = masks.expand_channel_mask(
-                    keep, current[spec.bias], (0,)
+            if group is not None:
+                kept[id(group)] = keep
+            for wrapper, spec, paths, current, _ in members:
+                result[(id(wrapper), spec.channel_weight)] = masks.expand_channel_mask(
+                    keep, current[spec.channel_weight], spec.channel_axes
                 )
+                if spec.bias in paths:
+                    result[(id(wrapper), spec.bias)] = masks.expand_channel_mask(
+                        keep, current[spec.bias], (0,)
+                    )
+        for wrapper, layout, paths, current in followers:
+            keep = np.concatenate(
+                [kept.get(id(seg.root()), np.ones(seg.size, "float32")) for seg in layout.segments]
+            )
+            for path in paths:
+                result[(id(wrapper), path)] = masks.expand_channel_mask(keep, current[path], (0,))
         return result
+
+    def _units(self, items, graph):
+        """Splits items into scored units `[(group or None, members)]` and followers.
+
+        A member is an item with its channel scores appended; members of one
+        group share its mask. Groups that reach a model output are left out.
+        A producer followed by a BatchNormalization is scored with the
+        BatchNorm folded in (its weights times `|gamma| / sqrt(var + eps)`):
+        the BatchNorm undoes the scale of the weights before it.
+        """
+        units, by_group, followers, scales = [], {}, [], {}
+        for wrapper, _, paths, current in items:
+            layout = graph.channels_of(wrapper) if graph is not None else None
+            if isinstance(wrapper.layer, _FOLLOWERS) and layout is not None:
+                followers.append((wrapper, layout, paths, current))
+                if graph.previous(wrapper) is not None:
+                    scales[id(graph.previous(wrapper))] = _batchnorm_scale(wrapper.layer, current)
+        for wrapper, spec, paths, current in items:
+            if isinstance(wrapper.layer, _FOLLOWERS):
+                continue
+            score = masks.channel_scores(
+                current[spec.channel_weight], spec.channel_axes, self.criterion
+            )
+            if id(wrapper) in scales and scales[id(wrapper)].size == score.size:
+                score = score * scales[id(wrapper)]
+            layout = graph.channels_of(wrapper) if graph is not None else None
+            member = (wrapper, spec, paths, current, score)
+            group = layout.segments[0].root() if layout and len(layout.segments) == 1 else None
+            if group is None or group.size != score.size:
+                units.append((None, [member]))
+            elif graph.feeds_output(group):
+                continue
+            elif id(group) in by_group:
+                by_group[id(group)][1].append(member)
+            else:
+                by_group[id(group)] = (group, [member])
+                units.append(by_group[id(group)])
+        return units, followers
 
     def get_config(self):
         config = super().get_config()
