@@ -193,15 +193,32 @@ class _ChannelPrune(PruningOperator):
 class NeuronPrune(_ChannelPrune):
     """Removes whole neurons (output units of Dense and EinsumDense layers).
 
+    Neurons coupled across layers (outputs added together) are one group,
+    kept or removed in every layer at once; neurons that reach a model
+    output are kept; a BatchNormalization after removed neurons has their
+    `gamma` and `beta` masked. So `kc.shrink` can remove what is pruned.
+
     Args:
-        density: fraction of neurons to keep per layer, in (0, 1].
+        density: fraction of neurons to keep per layer (per group of
+            coupled layers), in (0, 1].
         criterion: `"l1"` or `"l2"` norm of a neuron's weights, normalised by
-            its fan-in so layers compare under a global threshold.
+            its fan-in so layers compare under a global threshold (with a
+            following BatchNormalization folded in; a group averages its
+            layers' norms).
         align: keep a multiple of `align` neurons (e.g. 8 for fast kernels).
         scope: `"layer"` (default) or `"global"` (one threshold).
         min_layer_density: with global scope, the least fraction a layer keeps.
         prune_bias: zero the bias of removed neurons too (default `True`).
         schedule, include, exclude: as in `kc.Prune`.
+
+    Example:
+
+    ```python
+    scheme = kc.NeuronPrune(density=0.5)
+    pruned = scheme.apply(model)
+    pruned.fit(x, y, callbacks=kc.callbacks(scheme))
+    small = kc.strip(pruned, shrink=True)
+    ```
     """
 
     kinds = ("neuron",)
@@ -210,7 +227,18 @@ class NeuronPrune(_ChannelPrune):
 class FilterPrune(_ChannelPrune):
     """Removes whole filters (output channels of convolution layers).
 
-    Arguments as in `kc.NeuronPrune`, for convolution filters.
+    Arguments as in `kc.NeuronPrune`, for convolution filters. The filters of
+    convolutions whose outputs meet at a residual `Add` are one group, and a
+    DepthwiseConv2D is pruned with the convolution that feeds it.
+
+    Example:
+
+    ```python
+    scheme = kc.FilterPrune(density=0.5)
+    pruned = scheme.apply(model)
+    pruned.fit(x, y, callbacks=kc.callbacks(scheme))
+    small = kc.shrink(pruned, align=8)
+    ```
     """
 
     kinds = ("filter",)
