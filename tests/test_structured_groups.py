@@ -58,7 +58,7 @@ def test_residual_group_is_scored_and_pruned_as_one(fitted_resnet):
     assert not np.array_equal(_kept(pruned, "b0_conv1"), kept["stem"])
 
 
-def test_batchnorm_follows_the_channels_it_normalizes(fitted_resnet):
+def test_batchnorm_follows_the_channels_it_normalizes(fitted_resnet, digits, tmp_path):
     pruned = kc.FilterPrune(density=0.5).apply(fitted_resnet)
     for conv, bn in (("stem", "stem_bn"), ("b0_conv1", "b0_bn1"), ("b1_conv2", "b1_bn2")):
         assert np.array_equal(_kept(pruned, bn), _kept(pruned, conv))
@@ -66,6 +66,10 @@ def test_batchnorm_follows_the_channels_it_normalizes(fitted_resnet):
         dropped = ~_kept(pruned, conv)
         assert np.all(np.asarray(inner.gamma)[dropped] == 0)
         assert np.all(np.asarray(inner.beta)[dropped] == 0)
+    pruned.save(tmp_path / "pruned.keras")  # the wrapped batch norms load back
+    loaded = keras.saving.load_model(tmp_path / "pruned.keras")
+    assert _max_error(pruned, loaded, _images(digits)[2]) == 0.0
+    assert np.array_equal(_kept(loaded, "stem_bn"), _kept(pruned, "stem"))
     # include= narrows the convs; the batch norms still follow them.
     only = kc.FilterPrune(density=0.5, include=["b0_conv1"]).apply(fitted_resnet)
     assert _kept(only, "b0_bn1").sum() == 8
