@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from keras_tuner.engine import trial as trial_module
 
-from keras_condensa.search import ConstrainedBayesianOracle, Constraint
+from keras_condensa.search import ConstrainedBayesianOracle, Constraint, acquisition
 
 MIN_DENSITY = 0.005
 WEIGHTS = 50_000
@@ -105,6 +105,30 @@ def test_finds_the_lowest_feasible_density_within_ten_trials(boundary):
     assert found >= boundary * (1 - 1e-9)
     # Within 2% of the log range above the boundary (~11% in density).
     assert u_of(found) - u_of(boundary) < 0.02
+
+
+def test_quadratic_step_follows_saturation_that_a_secant_overshoots():
+    # A saturating curve: the secant between the bracket ends crosses the level
+    # well above the root; the quadratic step lands between the root and that.
+    def curve(u):
+        return 1.0 - np.exp(-6.0 * u)
+
+    level, lo, hi = 0.9, 0.25, 0.5
+    root = -math.log(1.0 - level) / 6.0  # 0.384
+    secant = lo + (level - curve(lo)) / (curve(hi) - curve(lo)) * (hi - lo)
+    u = np.array([lo, hi, 0.75])
+    step = acquisition.quadratic_level_step(u, curve(u), level, lo, hi, noise_std=1e-3)
+    assert root < step < secant
+    # The model's root, less the margin for noise: a small noise keeps it close.
+    assert step - root < 0.04
+    # Noisier evaluations push the step further above the root (a safer trial).
+    noisy = acquisition.quadratic_level_step(u, curve(u), level, lo, hi, noise_std=0.02)
+    assert step < noisy < hi
+
+
+def test_quadratic_step_declines_a_non_monotone_fit():
+    u = np.array([0.2, 0.3, 0.4])
+    assert acquisition.quadratic_level_step(u, np.array([0.5, 0.9, 0.6]), 0.7, 0.2, 0.4, 0.01) is None
 
 
 def test_every_proposal_is_a_new_point():

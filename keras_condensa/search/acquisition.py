@@ -147,3 +147,52 @@ def monotone_projection_1d(log_p, x, direction):
     out[order] = fitted
     # Keep the far tails' log values (isotonic fits in probability space).
     return np.where(out > 1e-250, np.log(np.maximum(out, 1e-300)), np.asarray(log_p))
+
+
+def quadratic_level_step(u, values, level, lo, hi, noise_std, num_points=255):
+    """Where to split a bracket around a level set, from a local quadratic.
+
+    One step of a noisy 1-D root search: the quadratic through three points
+    (Brent's inverse-quadratic interpolation, written forwards) models a
+    metric that rises with `u`; the step maximises the probability that a new
+    evaluation clears `level` times the distance below `hi`, the best
+    feasible point so far, that it would save (constrained expected
+    improvement under that model). The model's deviation is the evaluation
+    noise propagated through the interpolation (its Lagrange basis) plus the
+    noise of the new evaluation itself, so the step keeps away from the
+    estimated root by about the model's uncertainty.
+
+    Args:
+        u: `(3,)` distinct coordinates of the points.
+        values: `(3,)` the metric there, oriented to rise with `u` toward
+            feasibility (feasible means `>= level`).
+        level: the bound.
+        lo: the bracket's lower end (infeasible side).
+        hi: its upper end (the lowest feasible point).
+        noise_std: the evaluation noise's standard deviation (> 0).
+        num_points: interior grid points searched.
+
+    Returns:
+        The coordinate in `(lo, hi)` to evaluate next, or None if the
+        quadratic is not increasing over the bracket (noise: bisect instead).
+
+    Example:
+
+    >>> step = quadratic_level_step(
+    ...     np.array([0.0, 0.5, 1.0]), np.array([0.0, 0.75, 1.0]), 0.5, 0.0, 0.5, 0.01)
+    >>> bool(0.29 < step < 0.5)  # the root is at 0.29; the step stays above it
+    True
+    """
+    u = np.asarray(u, dtype=float)
+    grid = np.linspace(lo, hi, num_points + 2)[1:-1]
+    mean = np.polyval(np.polyfit(u, np.asarray(values, dtype=float), 2), grid)
+    if np.any(np.diff(mean) < 0):
+        return None
+    basis = np.ones((len(u), len(grid)))
+    for i in range(len(u)):
+        for j in range(len(u)):
+            if i != j:
+                basis[i] *= (grid - u[j]) / (u[i] - u[j])
+    std = noise_std * np.sqrt(1.0 + np.sum(basis**2, axis=0))
+    score = log_probability_of_feasibility(mean, std, lower=level) + np.log(hi - grid)
+    return float(grid[np.argmax(score)])
