@@ -40,8 +40,9 @@ Prune + quantize (the same total epoch budget, `--epochs` = N):
 
 Accuracy recovery (the same `--epochs` budget, from the same dense weights):
 
-- kc-lc:     `kc.LC(kc.Prune(density), steps=--lc-steps, lr_end=--lc-lr-end)
-             .fit(model, ...)`: Condensa's L-C optimizer (default mu schedule);
+- kc-lc:     `kc.LC(kc.Prune(density), steps=--lc-steps).fit(model, ...)`:
+             Condensa's L-C optimizer with kc.LC's default mu schedule and
+             `lr_end` (`--lc-lr-end` overrides it);
              accuracy of the returned compressed model theta.
 - kc-distill: the kc column's gradual pruning, fine-tuned through
              `kc.distill(pruned, dense, temperature=--temperature,
@@ -287,7 +288,8 @@ def kc_lc(model, density, data, ctx, quantize=None):
     if quantize:
         scheme = kc.Compose([scheme, kc.Quantize(quantize)])
     _digits.compile_model(model, keras)
-    lc = kc.LC(scheme, steps=ctx.lc_steps, lr_end=ctx.lc_lr_end)
+    options = {} if ctx.lc_lr_end is None else {"lr_end": ctx.lc_lr_end}
+    lc = kc.LC(scheme, steps=ctx.lc_steps, **options)
     final = lc.fit(
         model, data[0], data[1], epochs=ctx.epochs, batch_size=ctx.batch_size, seed=ctx.seed
     )
@@ -400,7 +402,10 @@ def main():
     parser.add_argument("--model", choices=_digits.MODELS, default="lenet300")
     parser.add_argument("--lc-steps", type=int, default=20, help="kc-lc: L-C steps")
     parser.add_argument(
-        "--lc-lr-end", type=float, default=1e-2, help="kc-lc: learning rate of the last L step"
+        "--lc-lr-end",
+        type=float,
+        default=None,
+        help="kc-lc: learning rate of the last L step (default: kc.LC's, 5e-3)",
     )
     parser.add_argument("--temperature", type=float, default=2.0, help="kc-distill: temperature")
     parser.add_argument("--alpha", type=float, default=0.5, help="kc-distill: soft-loss weight")

@@ -43,7 +43,7 @@ def _check_positive(name, value, minimum=0.0, strict=True):
     return float(value)
 
 
-def check_options(steps=20, mu_init=1e-2, mu_multiplier=1.3, mu_cap=1e4, lr_end=None):
+def check_options(steps=20, mu_init=1e-2, mu_multiplier=1.2, mu_cap=1e4, lr_end=5e-3):
     """Checks `kc.LC`'s numeric arguments (a tuner checks them before any trial).
 
     Args:
@@ -181,6 +181,31 @@ class _CStep(keras.callbacks.Callback):
         self.c_step(update_multipliers=True)
 
 
+class _Batches(keras.utils.PyDataset):
+    """`count` mini-batches of `(x, y)` over successive shuffled passes, gathered one at a time.
+
+    Only the sample order is stored (one index per sample and pass): a batch
+    is gathered from `x` and `y` when `fit` asks for it, so the arrays are
+    never copied whole.
+    """
+
+    def __init__(self, x, y, batch_size, count, seed):
+        super().__init__()
+        self.x, self.y, self.batch_size, self.count = x, y, batch_size, count
+        rng = np.random.default_rng(seed) if seed is not None else np.random
+        needed = count * batch_size
+        self.order = np.concatenate(
+            [rng.permutation(len(x)) for _ in range(math.ceil(needed / len(x)))]
+        )[:needed]
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, index):
+        rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        return self.x[rows], self.y[rows]
+
+
 class LC:
     """Condensa's L-C optimizer: compress by augmented-Lagrangian training.
 
@@ -208,14 +233,21 @@ class LC:
         mu_cap: the largest `mu` (>= mu_init).
         lr_end: as Condensa's `lr_end`: the optimizer's learning rate moves
             geometrically from its compiled value (first L step) to this one
-            (last L step); `None` keeps it constant. With Adam, whose steps
-            do not grow with `mu`, a rate that rises (e.g. 1e-3 to 3e-3)
-            lets the weights reach their targets within a short budget.
-            Ignored for a learning-rate schedule.
+            (last L step); `None` keeps it constant. Ignored for a
+            learning-rate schedule. The default, 5e-3, is 5x Keras's Adam
+            default of 1e-3: Adam's steps do not grow with `mu`, so a rising
+            rate is what lets the weights reach their moving targets within a
+            short budget (with SGD at 1e-2 it decays, as in Condensa).
 
-    The defaults (`mu_init=1e-2`, `mu_multiplier=1.3`) suit budgets of tens of
-    epochs over 20 steps; Condensa's (1e-3, 1.1) assume thousands of
-    mini-batches per L step.
+    The defaults (`mu_init=1e-2`, `mu_multiplier=1.2`, so `mu` ends near 0.4
+    after 20 steps, and `lr_end=5e-3`) were chosen for Adam at 1e-3 and
+    budgets of about 10 epochs: on LeNet-300-100 and digits with 10 epochs,
+    L-C at density 0.05 is about 1 point more accurate than gradual pruning
+    (averaged over dense seeds, TensorFlow and JAX) and at 0.02 about 4-6
+    points. Measured there: a constant rate (`lr_end=None`) loses about a
+    point at 0.05, `mu_multiplier=1.3` up to a point (more the shorter the
+    budget), a rate falling to 1e-4 about ten. Condensa's (1e-3, 1.1) assume
+    thousands of mini-batches per L step.
 
     Raises:
         TypeError: `scheme` is not a keras_condensa scheme.
@@ -232,7 +264,7 @@ class LC:
     ```
     """
 
-    def __init__(self, scheme, steps=20, mu_init=1e-2, mu_multiplier=1.3, mu_cap=1e4, lr_end=None):
+    def __init__(self, scheme, steps=20, mu_init=1e-2, mu_multiplier=1.2, mu_cap=1e4, lr_end=5e-3):
         check_projectable(scheme)
         self.scheme = scheme
         options = check_options(steps, mu_init, mu_multiplier, mu_cap, lr_end)
@@ -295,18 +327,11 @@ class LC:
 
         batches_per_epoch = math.ceil(len(x) / batch_size)
         per_step = max(1, (epochs * batches_per_epoch) // self.steps)
-        rng = np.random.default_rng(seed) if seed is not None else np.random
-        needed = per_step * self.steps * batch_size
-        order = np.concatenate(
-            [rng.permutation(len(x)) for _ in range(math.ceil(needed / len(x)))]
-        )[:needed]
+        batches = _Batches(x, y, batch_size, per_step * self.steps, seed)
         self.history = penalized.fit(
-            x[order],
-            y[order],
-            batch_size=batch_size,
+            batches,
             epochs=self.steps,
             steps_per_epoch=per_step,
-            shuffle=False,
             verbose=verbose,
             callbacks=[c_step],
         )

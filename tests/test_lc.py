@@ -8,7 +8,7 @@ from conftest import compile_classifier, lenet_300_100, weights_of
 import keras_condensa as kc
 from keras_condensa import masking
 
-EPOCHS = 12
+EPOCHS = 10  # the fine-tuning budget of benchmarks/accuracy.py
 
 
 def _accuracy(model, x, y):
@@ -24,13 +24,11 @@ def _kernel_density(model):
     return sum(int(np.count_nonzero(k)) for k in kernels) / sum(k.size for k in kernels)
 
 
-def _lc(model, digits, density):
+def _lc(model, digits, density, seed=0):
     x_train, y_train, _, _ = digits
-    keras.utils.set_random_seed(0)
-    # Condensa's LC moves the L steps' learning rate from its start to lr_end; with Adam, whose
-    # steps do not grow with mu, a rising rate lets the weights reach their targets in the budget.
-    lc = kc.LC(kc.Prune(density=density), steps=20, lr_end=3e-3)
-    return lc, lc.fit(model, x_train, y_train, epochs=EPOCHS, batch_size=32, seed=0)
+    keras.utils.set_random_seed(seed)
+    lc = kc.LC(kc.Prune(density=density), steps=20)  # the default mu schedule and lr_end
+    return lc, lc.fit(model, x_train, y_train, epochs=EPOCHS, batch_size=32, seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +53,37 @@ def _gradual(model, digits, density):
     return kc.strip(pruned)
 
 
-def test_lc_at_density_005_matches_gradual_pruning(lc_run, trained_lenet, digits):
-    """At 0.05 both are within a point of the dense model; L-C is at most a point behind."""
-    model, _ = trained_lenet
-    _, result, _ = lc_run
-    gradual = _gradual(model, digits, 0.05)
-    assert _kernel_density(result) == pytest.approx(0.05, abs=0.002)
-    lc_accuracy = _accuracy(result, digits[2], digits[3])
-    gradual_accuracy = _accuracy(gradual, digits[2], digits[3])
-    assert lc_accuracy >= gradual_accuracy - 0.01, (lc_accuracy, gradual_accuracy)
+@pytest.fixture(scope="module")
+def more_lenets(digits):
+    """Two more dense LeNets (seeds 1 and 2), trained as `trained_lenet` is."""
+    x_train, y_train, _, _ = digits
+    models = []
+    for seed in (1, 2):
+        model = compile_classifier(lenet_300_100(seed))
+        model.fit(x_train, y_train, epochs=15, batch_size=32, verbose=0)
+        models.append(model)
+    return models
+
+
+def test_lc_at_density_005_is_at_least_as_accurate_as_gradual_pruning(
+    lc_run, trained_lenet, more_lenets, digits
+):
+    """Same epochs, from three dense LeNets: on average L-C is at least as accurate.
+
+    One model's comparison is within the noise of 450 validation digits (a
+    point is 4.5 digits), so the test averages three.
+    """
+    _, _, x_val, y_val = digits
+    lc_accuracies, gradual_accuracies = [], []
+    for i, model in enumerate([trained_lenet[0], *more_lenets]):
+        result = lc_run[1] if i == 0 else _lc(model, digits, 0.05)[1]
+        assert _kernel_density(result) == pytest.approx(0.05, abs=0.002)
+        lc_accuracies.append(_accuracy(result, x_val, y_val))
+        gradual_accuracies.append(_accuracy(_gradual(model, digits, 0.05), x_val, y_val))
+    assert np.mean(lc_accuracies) >= np.mean(gradual_accuracies), (
+        lc_accuracies,
+        gradual_accuracies,
+    )
 
 
 def test_lc_at_density_002_beats_gradual_pruning(trained_lenet, digits):
@@ -144,3 +164,19 @@ def test_schemes_lc_cannot_project_name_the_operator():
     uncompiled = lenet_300_100()
     with pytest.raises(ValueError, match="is not compiled"):
         kc.LC(kc.Prune(0.1)).fit(uncompiled, np.zeros((4, 64)), np.zeros(4))
+
+
+def test_lc_batches_gather_from_the_arrays_and_cover_each_pass_once():
+    """LC.fit's mini-batches index the caller's arrays: no copy of the data per step or epoch."""
+    from keras_condensa.lc import _Batches  # noqa: PLC0415
+
+    x = np.arange(20, dtype="float32").reshape(10, 2)
+    y = np.arange(10)
+    batches = _Batches(x, y, batch_size=4, count=5, seed=0)  # 20 samples: two passes
+    assert batches.x is x and batches.y is y and len(batches) == 5
+    seen = np.concatenate([batches[i][1] for i in range(len(batches))])
+    np.testing.assert_array_equal(np.sort(seen[:10]), y)
+    np.testing.assert_array_equal(np.sort(seen[10:]), y)
+    np.testing.assert_array_equal(batches[2][0], x[batches[2][1]])
+    again = _Batches(x, y, batch_size=4, count=5, seed=0)
+    np.testing.assert_array_equal(again.order, batches.order)
