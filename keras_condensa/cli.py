@@ -296,7 +296,7 @@ def _accuracy(model, x, y):
 
 
 def cmd_compress(args, out):
-    """`compress`: apply a scheme, fine-tune with its masks, strip, save."""
+    """`compress`: apply a scheme, fine-tune with its masks, strip (and shrink), save."""
     import keras
 
     import keras_condensa as kc
@@ -319,6 +319,13 @@ def cmd_compress(args, out):
     epochs = args.epochs if args.fine_tune != "none" else 0
     if args.fine_tune == "lc" and not epochs:
         raise UsageError("--fine-tune lc trains: give --epochs >= 1 (or --fine-tune none)")
+    if args.shrink and any(
+        getattr(op, "dtype", None) in ("int8", "int4") for op in scheme.operators()
+    ):
+        raise UsageError(
+            "--shrink rebuilds plain Keras layers and would drop the int8/int4 quantizers the "
+            "scheme trains; compress without --shrink, or shrink a float scheme"
+        )
     final = None
     if epochs:
         if getattr(model, "optimizer", None) is not None and getattr(model, "loss", None):
@@ -354,8 +361,13 @@ def cmd_compress(args, out):
                 data["x_train"], data["y_train"], epochs=epochs, batch_size=args.batch_size,
                 verbose=0, callbacks=kc.callbacks(scheme),
             )
-    if final is None:
-        final = kc.strip(compressed)
+    try:
+        if final is None:
+            final = kc.strip(compressed, shrink=args.shrink)
+        elif args.shrink:
+            final = kc.shrink(final)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--shrink cannot rebuild {args.model}: {_one_line(e)}") from None
     after = _accuracy(final, data["x_val"], data["y_val"])
     summary_text = []
     summary = kc.summary(final, print_fn=summary_text.append)
@@ -921,6 +933,11 @@ def build_parser():
         help="mask: fine-tune with the masks enforced (default); lc: Condensa's L-C optimizer "
         "(kc.LC, --epochs of training); distill: mask fine-tuning that also learns from the "
         "dense model's soft targets (kc.Distiller); none: one-shot, no training",
+    )
+    p.add_argument(
+        "--shrink", action="store_true",
+        help="remove the neurons and filters that structured pruning zeroed (kc.shrink): "
+        "a smaller, faster model instead of one full of zeros",
     )
     p.add_argument("--out", required=True, help="the compressed .keras model to write")
     p.set_defaults(run=cmd_compress)

@@ -300,3 +300,30 @@ def test_search_fine_tunes_trials_with_lc(files, tmp_path, capsys):
     best = keras.saving.load_model(os.path.join(out, "best.keras"))
     assert kc.summary(best, print_fn=None).nonzeros == result["best"]["nonzero_params"]
     assert result["best"]["nonzero_params"] < kc.summary(best, print_fn=None).params
+
+
+def test_compress_shrink_writes_a_model_with_fewer_neurons(files, tmp_path, capsys):
+    out = str(tmp_path / "small.keras")
+    code = cli.main(
+        ["compress", files["model"], "--data", files["data"], "--scheme", "neuron:0.25",
+         "--epochs", "1", "--shrink", "--out", out]
+    )
+    assert code == 0
+    model = keras.saving.load_model(out)
+    assert model.get_layer("fc1").units == 16  # 64 neurons, a quarter kept
+    assert model.get_layer("logits").units == 10
+    # The same function as the masked model: accuracy is what compress printed.
+    x_val, y_val = files["digits"][2], files["digits"][3]
+    accuracy = float(np.mean(np.argmax(model.predict(x_val, verbose=0), axis=1) == y_val))
+    assert f"-> {accuracy:.4f} compressed" in capsys.readouterr().out
+
+
+def test_compress_shrink_with_int8_exits_2_and_writes_nothing(files, tmp_path, capsys):
+    out = tmp_path / "small.keras"
+    code = cli.main(
+        ["compress", files["model"], "--data", files["data"], "--scheme", "neuron:0.5+int8",
+         "--shrink", "--out", str(out)]
+    )
+    assert code == 2
+    assert "--shrink" in _error_lines(capsys)[-1]
+    assert not out.exists()

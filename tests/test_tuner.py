@@ -268,3 +268,41 @@ def test_fine_tune_lc_fails_a_trial_whose_scheme_it_cannot_project(dense, tmp_pa
     with pytest.raises(Exception, match="Prune with a schedule"):
         tuner.search()
     assert _statuses(tuner) == ["FAILED"]
+
+
+def test_shrink_measures_and_saves_the_model_without_its_pruned_neurons(dense, tmp_path):
+    def neurons(hp):
+        return kc.NeuronPrune(density=hp.Float("density", 0.25, 1.0, sampling="log"))
+
+    tuner = _tuner(dense, tmp_path, scheme=neurons, objective="params", shrink=True)
+    tuner.search()
+    completed = [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED"]
+    assert len(completed) == 3
+    for trial in completed:
+        saved = tuner.load_model(trial)
+        units = saved.get_layer("fc1").units
+        # The reported parameters are the saved model's: pruned neurons are gone.
+        assert trial.metrics.get_last_value("params") == saved.count_params()
+        expected = round(trial.hyperparameters.get("density") * 32)
+        assert abs(units - expected) <= 1
+    best = tuner.best_model()
+    assert best.get_layer("fc1").units < 32
+    assert best.get_layer("logits").units == 10  # outputs are never removed
+
+
+def test_shrink_needs_a_graph_model_and_a_bool(dense, tmp_path):
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.fc = keras.layers.Dense(10)
+
+        def call(self, x):
+            return self.fc(x)
+
+    model, train, val = dense
+    with pytest.raises(ValueError, match="functional or Sequential"):
+        CompressionTuner(
+            Subclassed(), _density_scheme, train, val, shrink=True, directory=str(tmp_path)
+        )
+    with pytest.raises(TypeError, match="shrink"):
+        _tuner(dense, tmp_path, shrink="yes")

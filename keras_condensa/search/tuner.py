@@ -23,8 +23,10 @@ from keras_condensa.callbacks import callbacks as scheme_callbacks
 from keras_condensa.distill import Distiller
 from keras_condensa.lc import LC
 from keras_condensa.lc import check_options as check_lc_options
+from keras_condensa.masking import is_graph_model
 from keras_condensa.search.constraint import Constraint
 from keras_condensa.search.oracle import ConstrainedBayesianOracle, trial_metric
+from keras_condensa.shrink import shrink as shrink_model
 from keras_condensa.summary import summary as model_summary
 from keras_condensa.surgery import strip
 
@@ -64,7 +66,8 @@ class CompressionTuner(keras_tuner.Tuner):
     `val_accuracy >= floor`. Each trial builds the scheme from its
     hyperparameters, applies it to a copy of `model` (the original is never
     modified), fine-tunes it for `fine_tune_epochs` with the scheme's
-    callbacks, strips it, evaluates it, and saves it as `model.keras` in the
+    callbacks, strips it (with `shrink=True`, also removes the channels that
+    structured pruning zeroed), evaluates it, and saves it as `model.keras` in the
     trial's directory (and, when the objective needs it, `model.tflite`).
 
     Metrics every trial reports: `val_accuracy` (top-1 on
@@ -112,6 +115,12 @@ class CompressionTuner(keras_tuner.Tuner):
         fine_tune_options: optional dict of keyword arguments for `kc.LC`
             (`steps`, `mu_init`, `mu_multiplier`, `mu_cap`, `lr_end`) or
             `kc.Distiller` (`temperature`, `alpha`).
+        shrink: whether each trial's stripped model has its pruned channels
+            removed (`kc.shrink`) before it is measured and saved, so that
+            `params`, `keras_latency_ms` and the LiteRT metrics are those of
+            the smaller model: what a search over `FilterPrune` or
+            `NeuronPrune` densities for latency needs. `model` must be
+            Sequential or functional.
         batch_size: batch size of fine-tuning and prediction.
         early_stop_margin: after the first fine-tuning epoch, a trial whose
             accuracy is more than this below the floor stops fine-tuning and
@@ -171,6 +180,7 @@ class CompressionTuner(keras_tuner.Tuner):
         fine_tune_epochs=1,
         fine_tune="mask",
         fine_tune_options=None,
+        shrink=False,
         batch_size=32,
         early_stop_margin=0.2,
         max_time=None,
@@ -211,8 +221,17 @@ class CompressionTuner(keras_tuner.Tuner):
             raise ValueError(
                 f"`max_time` must be a positive number of seconds. Received: {max_time!r}."
             )
+        if not isinstance(shrink, bool):
+            raise TypeError(f"`shrink` must be True or False. Received: shrink={shrink!r}.")
+        if shrink and not is_graph_model(model):
+            raise ValueError(
+                f"shrink=True removes channels by rebuilding the model from its layer graph, "
+                f"which a subclassed model ({type(model).__name__}) does not expose. Rebuild it "
+                "as a functional or Sequential model, or pass shrink=False."
+            )
         self.model = model
         self.scheme = scheme
+        self.shrink = shrink
         self.x_train, self.y_train = _unpack("train_data", train_data)
         self.x_val, self.y_val = _unpack("validation_data", validation_data)
         if fine_tune not in FINE_TUNE_METHODS:
@@ -363,7 +382,10 @@ class CompressionTuner(keras_tuner.Tuner):
                 epochs_run = self.fine_tune_epochs
 
         if not by_lc:
-            final = strip(compressed)
+            # Refuses to shrink away kept int8/int4 QAT quantizers, naming them.
+            final = strip(compressed, shrink=self.shrink)
+        elif self.shrink:
+            final = shrink_model(final)
         outputs = self._predict(final)
         if not np.all(np.isfinite(outputs)):
             raise kt_errors.FailedTrialError(
