@@ -315,7 +315,9 @@ def cmd_compress(args, out):
     try:
         compressed = scheme.apply(model)
     except (ValueError, TypeError) as e:
-        raise UsageError(f"cannot apply scheme {args.scheme!r} to {args.model}: {_one_line(e)}")
+        raise UsageError(
+            f"cannot apply scheme {args.scheme!r} to {args.model}: {_one_line(e)}"
+        ) from None
     epochs = args.epochs if args.fine_tune != "none" else 0
     if args.fine_tune == "lc" and not epochs:
         raise UsageError("--fine-tune lc trains: give --epochs >= 1 (or --fine-tune none)")
@@ -342,7 +344,9 @@ def cmd_compress(args, out):
             try:
                 lc = kc.LC(scheme)
             except (ValueError, TypeError) as e:
-                raise UsageError(f"--fine-tune lc cannot run scheme {args.scheme!r}: {_one_line(e)}")
+                raise UsageError(
+                    f"--fine-tune lc cannot run scheme {args.scheme!r}: {_one_line(e)}"
+                ) from None
             final = lc.fit(
                 source, data["x_train"], data["y_train"], epochs=epochs,
                 batch_size=args.batch_size,

@@ -127,8 +127,8 @@ def test_quadratic_step_follows_saturation_that_a_secant_overshoots():
 
 
 def test_quadratic_step_declines_a_non_monotone_fit():
-    u = np.array([0.2, 0.3, 0.4])
-    assert acquisition.quadratic_level_step(u, np.array([0.5, 0.9, 0.6]), 0.7, 0.2, 0.4, 0.01) is None
+    u, values = np.array([0.2, 0.3, 0.4]), np.array([0.5, 0.9, 0.6])  # falls after 0.3
+    assert acquisition.quadratic_level_step(u, values, 0.7, 0.2, 0.4, 0.01) is None
 
 
 def test_every_proposal_is_a_new_point():
