@@ -44,7 +44,7 @@ SEARCH_OUTPUTS = ("best.keras", "best.tflite", "trials.csv", "pareto.png", "repo
 SEARCH_PROJECT = "search"
 _QUANTIZE_CHOICES = ("none", "float16", "dynamic", "int8")
 _OBJECTIVES = ("tflite_bytes", "tflite_gzip_bytes", "litert_latency_ms", "nonzero_params",
-               "keras_latency_ms")
+               "params", "keras_latency_ms")
 _DATA_KEYS = ("x_train", "y_train", "x_val", "y_val")
 
 # Test-only hook: called as `_TEST_HOOK(event, tuner, trial)` with event
@@ -523,7 +523,8 @@ def _progress_printer(out, objective, max_trials):
 
 def run_search(model, data, directory, *, model_name, objective, max_trials, epochs,
                max_drop=None, accuracy_floor=None, quantize=None, kernels="default",
-               overwrite=False, out, seed=0, command_line=None, fine_tune="mask", qat=None):
+               overwrite=False, out, seed=0, command_line=None, fine_tune="mask", qat=None,
+               prune="unstructured"):
     """Runs the constrained search over `prune` density and writes the outputs.
 
     The Keras Tuner project lives in `directory/search/`; the outputs
@@ -553,6 +554,10 @@ def run_search(model, data, directory, *, model_name, objective, max_trials, epo
         qat: `None`, or `"int8"`/`"int4"`: every trial's scheme quantizes its
             weights too (`kc.Quantize(qat)` after the pruning), and its LiteRT
             file takes the learned ranges (`quantize` must be `"int8"`).
+        prune: what the density keeps: `"unstructured"` weights (`kc.Prune`),
+            or whole `"neuron"`s, `"filter"`s or both (`"structure"`), in
+            which case every trial's model is shrunk (`CompressionTuner`'s
+            `shrink=True`) so its size and latency are the smaller model's.
         command_line: the command to print in the resume hint.
 
     Returns:
@@ -583,9 +588,16 @@ def run_search(model, data, directory, *, model_name, objective, max_trials, epo
     resuming = os.path.isdir(os.path.join(directory, SEARCH_PROJECT)) and not overwrite
     os.makedirs(directory, exist_ok=True)
 
+    operator = {
+        "unstructured": kc.Prune,
+        "neuron": kc.NeuronPrune,
+        "filter": kc.FilterPrune,
+        "structure": kc.StructurePrune,
+    }[prune]
+
     def scheme(hp):
-        prune = kc.Prune(density=hp.Float("density", 0.01, 1.0, sampling="log"))
-        return prune if qat is None else kc.Compose([prune, kc.Quantize(qat)])
+        pruning = operator(density=hp.Float("density", 0.01, 1.0, sampling="log"))
+        return pruning if qat is None else kc.Compose([pruning, kc.Quantize(qat)])
 
     tuner_class = _make_tuner_class()
     # Keras Tuner prints ("Reloading Tuner from ...") on stdout, which belongs to the results.
@@ -603,6 +615,7 @@ def run_search(model, data, directory, *, model_name, objective, max_trials, epo
                 max_trials=max_trials,
                 fine_tune_epochs=epochs,
                 fine_tune=fine_tune,
+                shrink=prune != "unstructured",
                 quantize=quantize,
                 seed=seed,
                 directory=directory,
@@ -621,7 +634,7 @@ def run_search(model, data, directory, *, model_name, objective, max_trials, epo
         out.progress(f"resuming the search in {directory}: {kept} finished trial(s) kept")
     out.progress(
         f"dense val_accuracy {tuner.dense_accuracy:.4f}, floor {tuner.accuracy_floor:.4f}; "
-        f"minimising {objective} over prune density in [0.01, 1] (log)"
+        f"minimising {objective} over {prune} prune density in [0.01, 1] (log)"
         + (f" with {qat} quantization-aware fine-tuning" if qat else "")
         + f", {max_trials} trials"
     )
@@ -721,7 +734,7 @@ def cmd_search(args, out):
         max_trials=args.max_trials, epochs=args.epochs, max_drop=args.max_drop,
         accuracy_floor=args.accuracy_floor, quantize=quantize, kernels=args.kernels,
         overwrite=args.overwrite, out=out, seed=args.seed, fine_tune=args.fine_tune,
-        qat=None if args.qat == "none" else args.qat,
+        qat=None if args.qat == "none" else args.qat, prune=args.prune,
         command_line="`" + " ".join(["keras-condensa", *args.argv]) + "`",
     )
     _print_search_result(result, out)
@@ -738,6 +751,11 @@ def _check_search_args(args):
         value = getattr(args, name)
         if value is not None and not 0 <= value <= 1:
             raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+    if args.qat != "none" and args.prune != "unstructured":
+        raise UsageError(
+            f"--prune {args.prune} shrinks every trial's model, which drops the quantizers "
+            f"--qat {args.qat} trains; use --quantize int8 without --qat for a structured search"
+        )
     if args.qat != "none" and args.quantize != "int8":
         raise UsageError(
             f"--qat {args.qat} fine-tunes with quantized weights; export them with "
@@ -977,6 +995,13 @@ def build_parser():
         "--qat", choices=("none", "int8", "int4"), default="none",
         help="quantization-aware fine-tuning of every trial (kc.Quantize after the pruning; "
         "int4 stores 4-bit weights); needs --quantize int8 (default none)",
+    )
+    p.add_argument(
+        "--prune", choices=("unstructured", "neuron", "filter", "structure"),
+        default="unstructured",
+        help="what the density keeps: single weights (default), or whole neurons, filters or "
+        "both; structured trials are shrunk (kc.shrink), so bytes and latency are the "
+        "smaller model's",
     )
     p.add_argument("--kernels", choices=("default", "builtin"), default="default",
                    help="LiteRT kernels best.tflite must run on (builtin keeps sparse int8)")

@@ -327,3 +327,30 @@ def test_compress_shrink_with_int8_exits_2_and_writes_nothing(files, tmp_path, c
     assert code == 2
     assert "--shrink" in _error_lines(capsys)[-1]
     assert not out.exists()
+
+
+def test_search_over_neurons_writes_a_shrunk_best_model(files, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    code = cli.main(
+        ["search", files["model"], "--data", files["data"], "--max-drop", "0.3",
+         "--max-trials", "3", "--epochs", "2", "--objective", "params", "--prune", "neuron",
+         "--out", out, "--quiet", "--json"]
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    best = keras.saving.load_model(os.path.join(out, "best.keras"))
+    # The first trial keeps every neuron; a feasible later one fewer, and it is the best.
+    assert result["best"]["feasible"]
+    assert best.get_layer("fc1").units < 64
+    assert result["best"]["params"] == best.count_params()
+
+
+def test_search_structured_with_qat_exits_2(files, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main(
+        ["search", files["model"], "--data", files["data"], "--max-drop", "0.05",
+         "--prune", "filter", "--qat", "int8", "--quantize", "int8", "--out", str(out)]
+    )
+    assert code == 2
+    assert "--prune filter" in _error_lines(capsys)[-1]
+    assert not out.exists()
