@@ -690,6 +690,7 @@ def run_search(model, data, directory, *, model_name, objective, max_trials, epo
     info = {
         "model": model_name,
         "objective": objective,
+        "prune": prune,
         "dense_accuracy": tuner.dense_accuracy,
         "floor": tuner.accuracy_floor,
         "best": best_row,
@@ -701,6 +702,7 @@ def run_search(model, data, directory, *, model_name, objective, max_trials, epo
     return {
         "out": directory,
         "objective": objective,
+        "prune": prune,
         "dense_accuracy": tuner.dense_accuracy,
         "floor": tuner.accuracy_floor,
         "trials": len(rows),
@@ -767,12 +769,20 @@ def json_result(result):
     return {k: v for k, v in result.items() if k != "results_summary"}
 
 
+def _density_words(result):
+    """The best trial's density: of weights, or (shrunk) the fraction of structures kept."""
+    best = result["best"]
+    if result.get("prune", "unstructured") == "unstructured":
+        return f"density {best['density']:.4f}"
+    return f"{result['prune']} density {best['density_hp']:.4f}, {best['params']:,} parameters"
+
+
 def _print_search_result(result, out):
     best = result["best"]
     tfl = best["tflite"]
     out.result(result["results_summary"])
     out.result(
-        f"best: trial {best['trial']} (density {best['density']:.4f}, val_accuracy "
+        f"best: trial {best['trial']} ({_density_words(result)}, val_accuracy "
         f"{best['val_accuracy']:.4f}, {'meets' if best['feasible'] else 'BELOW'} floor "
         f"{result['floor']:.4f}); best.tflite {tfl['bytes']:,} bytes, {tfl['gzip_bytes']:,} gzip, "
         f"LiteRT p50 {tfl['p50_ms']:.4f} ms, top-1 agreement {tfl['top1_agreement']:.4f}"

@@ -162,6 +162,13 @@ def _table(header, rows):
     return "\n".join(lines)
 
 
+def _kind(info):
+    prune = info.get("prune", "unstructured")
+    if prune == "unstructured":
+        return "prune "
+    return f"{prune} prune (channels removed with `kc.shrink`) "
+
+
 def report_markdown(info, rows, layers, png_name="pareto.png"):
     """The text of `report.md`.
 
@@ -169,7 +176,8 @@ def report_markdown(info, rows, layers, png_name="pareto.png"):
         info: dict with `model`, `objective`, `dense_accuracy`, `floor`,
             `best` (a trial row or None), `exported` (dict of `bytes`,
             `gzip_bytes`, `top1_agreement`, `max_abs_error`, `p50_ms` or
-            None), `backend`, `elapsed_s`.
+            None), `backend`, `elapsed_s`, and optionally `prune` (the
+            search's structure kind; "unstructured" when absent).
         rows: trial dicts (see `TRIAL_COLUMNS`).
         layers: per-layer rows of the best model: dicts with `name`,
             `class_name`, `params`, `nonzeros`, `density`.
@@ -199,7 +207,7 @@ def report_markdown(info, rows, layers, png_name="pareto.png"):
         out += [
             "## Chosen model",
             "",
-            f"Trial {best['trial']}: prune density {_fmt(best.get('density_hp'))}, "
+            f"Trial {best['trial']}: {_kind(info)}density {_fmt(best.get('density_hp'))}, "
             f"val_accuracy {_fmt(best.get('val_accuracy'))} ({feasible}), "
             f"{objective} {_fmt(best.get(objective))}.",
             "",
