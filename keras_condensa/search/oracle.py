@@ -477,7 +477,7 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
         candidates = self._candidates(rng, data)
         constraint_gp = Surrogate(data.dims, seed=gp_seed).fit(data.completed_x, data.constraint)
         objective_gp = None
-        x, feasible, values = data.completed_x, data.feasible, data.constraint
+        x, feasible, metric = data.completed_x, data.feasible, data.constraint
         best_cost = data.objective[feasible].min() if feasible.any() else None
         if len(data.pending_x):
             # Running trials: "believe" the posterior mean there (kriging
@@ -486,8 +486,8 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
             c_mean, _ = constraint_gp.predict(data.pending_x)
             o_mean, _ = objective_gp.predict(data.pending_x)
             x = np.vstack([x, data.pending_x])
-            values = np.concatenate([data.constraint, c_mean])
-            constraint_gp.condition_on(x, values)
+            metric = np.concatenate([data.constraint, c_mean])
+            constraint_gp.condition_on(x, metric)
             objective_gp.condition_on(x, np.concatenate([data.objective, o_mean]))
             believed = np.array([self.constraint.is_satisfied(v) for v in c_mean], dtype=bool)
             feasible = np.concatenate([feasible, believed])
@@ -495,7 +495,7 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
                 cost = o_mean[believed].min()
                 best_cost = cost if best_cost is None else min(best_cost, cost)
         directions = self._feasibility_directions(data)
-        target = self._level_set_target(x, values, feasible, directions, constraint_gp)
+        target = self._level_set_target(x, metric, feasible, directions, constraint_gp)
         if best_cost is None:
             # Nothing feasible yet: where a first feasible point is most likely,
             # optimistic about the model's uncertainty (and not trusting the
