@@ -332,6 +332,7 @@ class LC:
             batches,
             epochs=self.steps,
             steps_per_epoch=per_step,
+            shuffle=False,  # the order is already shuffled; Keras would shuffle the batches again
             verbose=verbose,
             callbacks=[c_step],
         )
