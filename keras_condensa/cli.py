@@ -685,6 +685,10 @@ def run_search(model, data, directory, *, model_name, objective, max_trials, epo
         "kernels": timing.kernels,
     }
     layers = [_layer_row(r) for r in summary.rows]
+    if prune != "unstructured":
+        dense_params = {r.name: int(r.params) for r in kc.summary(model, print_fn=None).rows}
+        for row in layers:
+            row["dense_params"] = dense_params.get(row["name"], row["params"])
     report.write_atomically(paths["trials.csv"], report.trials_csv(rows))
     report.pareto_png(rows, objective, tuner.accuracy_floor, paths["pareto.png"])
     info = {

@@ -180,7 +180,8 @@ def report_markdown(info, rows, layers, png_name="pareto.png"):
             search's structure kind; "unstructured" when absent).
         rows: trial dicts (see `TRIAL_COLUMNS`).
         layers: per-layer rows of the best model: dicts with `name`,
-            `class_name`, `params`, `nonzeros`, `density`.
+            `class_name`, `params`, `nonzeros`, `density`, and for a shrunk
+            model `dense_params` (the layer's parameters before shrinking).
         png_name: the plot's file name, linked from the report.
 
     Returns:
@@ -222,7 +223,20 @@ def report_markdown(info, rows, layers, png_name="pareto.png"):
             "",
         ]
     out += [f"![accuracy against {objective}]({png_name})", ""]
-    if layers:
+    if layers and all("dense_params" in r for r in layers):
+        # A shrunk model has no zeros to count: what it lost is parameters.
+        out += ["## Per-layer size of the chosen model against the dense one", ""]
+        out.append(
+            _table(
+                ("layer", "class", "dense params", "params", "kept"),
+                [
+                    (r["name"], r["class_name"], f"{r['dense_params']:,}", f"{r['params']:,}",
+                     f"{r['params'] / max(r['dense_params'], 1):.4f}")
+                    for r in layers
+                ],
+            )
+        )
+    elif layers:
         out += ["## Per-layer density of the chosen model", ""]
         out.append(
             _table(

@@ -343,7 +343,10 @@ def test_search_over_neurons_writes_a_shrunk_best_model(files, tmp_path, capsys)
     assert result["best"]["feasible"]
     assert best.get_layer("fc1").units < 64
     assert result["best"]["params"] == best.count_params()
-    assert "neuron prune (channels removed" in open(os.path.join(out, "report.md")).read()
+    report = open(os.path.join(out, "report.md")).read()
+    assert "neuron prune (channels removed" in report
+    units = best.get_layer("fc1").units
+    assert f"| fc1 | Dense | 4,160 | {64 * units + units:,} |" in report  # dense 64x64 + 64
 
 
 def test_search_structured_with_qat_exits_2(files, tmp_path, capsys):
