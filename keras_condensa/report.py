@@ -226,29 +226,22 @@ def report_markdown(info, rows, layers, png_name="pareto.png"):
     if layers and all("dense_params" in r for r in layers):
         # A shrunk model has no zeros to count: what it lost is parameters.
         out += ["## Per-layer size of the chosen model against the dense one", ""]
-        out.append(
-            _table(
-                ("layer", "class", "dense params", "params", "kept"),
-                [
-                    (r["name"], r["class_name"], f"{r['dense_params']:,}", f"{r['params']:,}",
-                     f"{r['params'] / max(r['dense_params'], 1):.4f}")
-                    for r in layers
-                ],
-            )
-        )
+        header = ("layer", "class", "dense params", "params", "kept")
+        cells = [
+            (r["name"], r["class_name"], f"{r['dense_params']:,}", f"{r['params']:,}",
+             f"{r['params'] / max(r['dense_params'], 1):.4f}")
+            for r in layers
+        ]
+        out += [_table(header, cells), ""]
     elif layers:
         out += ["## Per-layer density of the chosen model", ""]
-        out.append(
-            _table(
-                ("layer", "class", "params", "nonzeros", "density"),
-                [
-                    (r["name"], r["class_name"], f"{r['params']:,}", f"{r['nonzeros']:,}",
-                     f"{r['density']:.4f}")
-                    for r in layers
-                ],
-            )
-        )
-        out.append("")
+        header = ("layer", "class", "params", "nonzeros", "density")
+        cells = [
+            (r["name"], r["class_name"], f"{r['params']:,}", f"{r['nonzeros']:,}",
+             f"{r['density']:.4f}")
+            for r in layers
+        ]
+        out += [_table(header, cells), ""]
     out += ["## Trials", ""]
     columns = ("trial", "status", "density_hp", "val_accuracy", "nonzero_params", objective,
                "feasible", "best")
