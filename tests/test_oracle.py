@@ -126,6 +126,35 @@ def test_quadratic_step_follows_saturation_that_a_secant_overshoots():
     assert step < noisy < hi
 
 
+def test_quadratic_step_averages_noise_over_more_points():
+    # Least squares over six noisy trials instead of an interpolant through
+    # three: the step scatters less around where the noise-free one lands, and
+    # the model's smaller uncertainty lets it come closer to the root.
+    def curve(u):
+        return 1.0 - np.exp(-6.0 * u)
+
+    level, lo, hi, noise = 0.9, 0.3, 0.5, 0.01
+    three, six = np.array([0.3, 0.4, 0.5]), np.linspace(0.3, 0.5, 6)
+    rng = np.random.default_rng(0)
+
+    def steps(u):
+        found = [
+            acquisition.quadratic_level_step(
+                u, curve(u) + rng.normal(0.0, noise, len(u)), level, lo, hi, noise
+            )
+            for _ in range(200)
+        ]
+        return np.array([s for s in found if s is not None])
+
+    clean3 = acquisition.quadratic_level_step(three, curve(three), level, lo, hi, noise)
+    clean6 = acquisition.quadratic_level_step(six, curve(six), level, lo, hi, noise)
+    root = -math.log(1.0 - level) / 6.0
+    assert root < clean6 < clean3
+    spread3 = np.median(np.abs(steps(three) - clean3))
+    spread6 = np.median(np.abs(steps(six) - clean6))
+    assert spread6 < 0.8 * spread3
+
+
 def test_quadratic_step_declines_a_non_monotone_fit():
     u, values = np.array([0.2, 0.3, 0.4]), np.array([0.5, 0.9, 0.6])  # falls after 0.3
     assert acquisition.quadratic_level_step(u, values, 0.7, 0.2, 0.4, 0.01) is None

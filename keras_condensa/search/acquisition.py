@@ -152,19 +152,21 @@ def monotone_projection_1d(log_p, x, direction):
 def quadratic_level_step(u, values, level, lo, hi, noise_std, num_points=255):
     """Where to split a bracket around a level set, from a local quadratic.
 
-    One step of a noisy 1-D root search: the quadratic through three points
-    (Brent's inverse-quadratic interpolation, written forwards) models a
-    metric that rises with `u`; the step maximises the probability that a new
-    evaluation clears `level` times the distance below `hi`, the best
-    feasible point so far, that it would save (constrained expected
-    improvement under that model). The model's deviation is the evaluation
-    noise propagated through the interpolation (its Lagrange basis) plus the
-    noise of the new evaluation itself, so the step keeps away from the
-    estimated root by about the model's uncertainty.
+    One step of a noisy 1-D root search: the least-squares quadratic through
+    the points near the bracket (with three, their interpolant: Brent's
+    inverse-quadratic interpolation, written forwards) models a metric that
+    rises with `u`; the step maximises the probability that a new evaluation
+    clears `level` times the distance below `hi`, the best feasible point so
+    far, that it would save (constrained expected improvement under that
+    model). The model's deviation is the evaluation noise propagated through
+    the fit plus the noise of the new evaluation itself, so the step keeps
+    away from the estimated root by about the model's uncertainty. A fourth
+    point or more averages the noise out of the estimated root instead of
+    passing one unlucky evaluation on to it.
 
     Args:
-        u: `(3,)` distinct coordinates of the points.
-        values: `(3,)` the metric there, oriented to rise with `u` toward
+        u: `(n,)` coordinates of the points, at least three distinct.
+        values: `(n,)` the metric there, oriented to rise with `u` toward
             feasibility (feasible means `>= level`).
         level: the bound.
         lo: the bracket's lower end (infeasible side).
@@ -183,16 +185,17 @@ def quadratic_level_step(u, values, level, lo, hi, noise_std, num_points=255):
     >>> bool(0.29 < step < 0.5)  # the root is at 0.29; the step stays above it
     True
     """
-    u = np.asarray(u, dtype=float)
+    centre, scale = 0.5 * (lo + hi), max(hi - lo, _TINY)
+    design = np.vander((np.asarray(u, dtype=float) - centre) / scale, 3)
     grid = np.linspace(lo, hi, num_points + 2)[1:-1]
-    mean = np.polyval(np.polyfit(u, np.asarray(values, dtype=float), 2), grid)
+    at = np.vander((grid - centre) / scale, 3)
+    coef, *_ = np.linalg.lstsq(design, np.asarray(values, dtype=float), rcond=None)
+    mean = at @ coef
     if np.any(np.diff(mean) < 0):
         return None
-    basis = np.ones((len(u), len(grid)))
-    for i in range(len(u)):
-        for j in range(len(u)):
-            if i != j:
-                basis[i] *= (grid - u[j]) / (u[i] - u[j])
-    std = noise_std * np.sqrt(1.0 + np.sum(basis**2, axis=0))
+    # Variance of the fitted value per unit noise variance: the leverage of
+    # each grid point (the Lagrange basis' sum of squares for three points).
+    leverage = np.einsum("ij,jk,ik->i", at, np.linalg.pinv(design.T @ design), at)
+    std = noise_std * np.sqrt(1.0 + leverage)
     score = log_probability_of_feasibility(mean, std, lower=level) + np.log(hi - grid)
     return float(grid[np.argmax(score)])

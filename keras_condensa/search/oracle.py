@@ -23,9 +23,10 @@ The algorithm, after Condensa's sample-efficient search:
    on the boundary of the feasible set, Condensa's level set. The oracle keeps
    a bracket around it (highest infeasible trial below the lowest feasible
    one) and splits it: bisection while it is wide; once it is narrow, where
-   a quadratic through the three nearest trials (Brent's inverse-quadratic
-   step, which follows the curve's saturation where a secant would not)
-   gives the best chance of a feasible trial times the cost it would save.
+   a least-squares quadratic through the trials near it (Brent's
+   inverse-quadratic step when there are three, which follows the curve's
+   saturation where a secant would not; more average the noise out) gives
+   the best chance of a feasible trial times the cost it would save.
 5. **Acquisition.** Otherwise (several hyperparameters, or once the bracket
    is resolved): expected improvement of the objective over the best feasible
    trial times the probability of feasibility, in log space; before any trial
@@ -532,12 +533,14 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
         "clearly": a new evaluation there would be feasible with probability at
         most `_AMBIGUOUS` under the posterior, so one unlucky noisy trial does
         not shut the boundary out. It is bisected while wider than
-        `_LOCAL_WIDTH`; then a quadratic through the three trials nearest its
-        middle that respect the order models the metric inside it, and the
-        split is where a trial is most likely feasible times the cost it would
-        save (`acquisition.quadratic_level_step`). The quadratic follows the
+        `_LOCAL_WIDTH`; then a least-squares quadratic through the trials that
+        respect the order within `_LOCAL_WIDTH` of it (at least the three
+        nearest its middle) models the metric inside it, and the split is
+        where a trial is most likely feasible times the cost it would save
+        (`acquisition.quadratic_level_step`). The quadratic follows the
         curve's saturation, which a secant between the ends (or a Gaussian
-        process with a long length scale) overshoots. A quadratic that is not
+        process with a long length scale) overshoots; each trial past the
+        third averages evaluation noise out of it. A quadratic that is not
         monotone over the bracket (noise) falls back to bisection.
 
         Args:
@@ -573,8 +576,12 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
             sign = 1.0 if self.constraint.min_value is not None else -1.0
             level = self.constraint.min_value if sign > 0 else self.constraint.max_value
             usable = np.flatnonzero(_consistent(x, feasible, directions))
-            near = usable[np.argsort(np.abs(u[usable] - 0.5 * (lo + hi)), kind="stable")][:3]
-            if len(np.unique(u[near])) == 3:
+            # The trials within the local width of the bracket; at least the
+            # three nearest its middle.
+            outside = np.maximum(lo - u[usable], u[usable] - hi)
+            nearest = np.argsort(np.abs(u[usable] - 0.5 * (lo + hi)), kind="stable")
+            near = usable[nearest[: max(3, int(np.sum(outside <= _LOCAL_WIDTH)))]]
+            if len(np.unique(u[near])) >= 3:
                 local = sign * values[near]
                 noise = max(math.sqrt(gp.noise_variance()), _NOISE_SHARE * np.ptp(local))
                 target = acquisition.quadratic_level_step(
