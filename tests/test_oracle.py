@@ -155,6 +155,19 @@ def test_quadratic_step_averages_noise_over_more_points():
     assert spread6 < 0.8 * spread3
 
 
+def test_quadratic_step_keeps_away_from_the_infeasible_end():
+    # Trials from a real search (the demo's): the noise is large for a narrow
+    # bracket, so the probability is nearly flat and the saving alone would
+    # pick the grid point right above `lo`, next to an infeasible trial.
+    u = np.array([0.5, 0.46875, 0.4375, 0.375])
+    values = np.array([0.9644, 0.96, 0.9556, 0.9267])
+    lo, hi, level, noise = 0.46875, 0.5, 0.96333, 0.00756
+    step = acquisition.quadratic_level_step(u, values, level, lo, hi, noise)
+    assert lo + 0.1 * (hi - lo) <= step < hi
+    unguarded = acquisition.quadratic_level_step(u, values, level, lo, hi, noise, min_share=0.0)
+    assert unguarded < lo + 0.01 * (hi - lo)
+
+
 def test_quadratic_step_declines_a_non_monotone_fit():
     u, values = np.array([0.2, 0.3, 0.4]), np.array([0.5, 0.9, 0.6])  # falls after 0.3
     assert acquisition.quadratic_level_step(u, values, 0.7, 0.2, 0.4, 0.01) is None

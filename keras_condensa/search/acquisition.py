@@ -149,7 +149,7 @@ def monotone_projection_1d(log_p, x, direction):
     return np.where(out > 1e-250, np.log(np.maximum(out, 1e-300)), np.asarray(log_p))
 
 
-def quadratic_level_step(u, values, level, lo, hi, noise_std, num_points=255):
+def quadratic_level_step(u, values, level, lo, hi, noise_std, num_points=255, min_share=0.1):
     """Where to split a bracket around a level set, from a local quadratic.
 
     One step of a noisy 1-D root search: the least-squares quadratic through
@@ -162,7 +162,11 @@ def quadratic_level_step(u, values, level, lo, hi, noise_std, num_points=255):
     the fit plus the noise of the new evaluation itself, so the step keeps
     away from the estimated root by about the model's uncertainty. A fourth
     point or more averages the noise out of the estimated root instead of
-    passing one unlucky evaluation on to it.
+    passing one unlucky evaluation on to it. Where the model cannot tell the
+    points of a narrow bracket apart (its probability is flat), the saving
+    alone would put the step right above `lo`, an infeasible trial, where it
+    learns next to nothing; like Brent's safeguard, the step keeps
+    `min_share` of the bracket away from it.
 
     Args:
         u: `(n,)` coordinates of the points, at least three distinct.
@@ -173,6 +177,7 @@ def quadratic_level_step(u, values, level, lo, hi, noise_std, num_points=255):
         hi: its upper end (the lowest feasible point).
         noise_std: the evaluation noise's standard deviation (> 0).
         num_points: interior grid points searched.
+        min_share: the least share of the bracket the step keeps above `lo`.
 
     Returns:
         The coordinate in `(lo, hi)` to evaluate next, or None if the
@@ -198,4 +203,5 @@ def quadratic_level_step(u, values, level, lo, hi, noise_std, num_points=255):
     leverage = np.einsum("ij,jk,ik->i", at, np.linalg.pinv(design.T @ design), at)
     std = noise_std * np.sqrt(1.0 + leverage)
     score = log_probability_of_feasibility(mean, std, lower=level) + np.log(hi - grid)
+    score[grid < lo + min_share * (hi - lo)] = -np.inf
     return float(grid[np.argmax(score)])
