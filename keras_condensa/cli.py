@@ -655,6 +655,9 @@ def run_search(model, data, directory, *, model_name, objective, max_trials, epo
             chatter.close()
 
     rows = _trial_rows(tuner)
+    stop_reason = tuner.oracle.stop_reason
+    if stop_reason:
+        out.progress(f"search ended after {len(rows)} of {max_trials} trials: {stop_reason}")
     try:
         best_trial = tuner.best_trial()
     except RuntimeError as e:
@@ -701,6 +704,8 @@ def run_search(model, data, directory, *, model_name, objective, max_trials, epo
         "exported": export_info,
         "backend": keras.backend.backend(),
         "elapsed_s": time.perf_counter() - start,
+        "max_trials": max_trials,
+        "stop_reason": stop_reason,
     }
     report.write_atomically(paths["report.md"], report.report_markdown(info, rows, layers))
     return {
@@ -996,7 +1001,11 @@ def build_parser():
     )
     p.add_argument("--objective", choices=_OBJECTIVES, default="tflite_bytes",
                    help="the cost to minimise (default tflite_bytes)")
-    p.add_argument("--max-trials", type=int, default=10, help="trials in all (default 10)")
+    p.add_argument(
+        "--max-trials", type=int, default=10,
+        help="trials in all (default 10); the search ends sooner once the boundary is "
+        "located (another trial expected to save under 2%%)",
+    )
     p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs per trial (default 1)")
     p.add_argument(
         "--fine-tune", choices=("mask", "lc", "distill"), default="mask",
@@ -1057,7 +1066,10 @@ def build_parser():
         "accuracy minus 1 point, export the best model to LiteRT (int4 weights, int8 "
         "activations), verify it and compare it with the dense model.",
     )
-    p.add_argument("--max-trials", type=int, default=10, help="trials (default 10)")
+    p.add_argument(
+        "--max-trials", type=int, default=10,
+        help="trials at most (default 10; fewer once the boundary is located)",
+    )
     p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per trial (default 2)")
     p.add_argument(
         "--out", default="demo_out", help="output directory, replaced (default demo_out)"

@@ -177,7 +177,8 @@ def report_markdown(info, rows, layers, png_name="pareto.png"):
             `best` (a trial row or None), `exported` (dict of `bytes`,
             `gzip_bytes`, `top1_agreement`, `max_abs_error`, `p50_ms` or
             None), `backend`, `elapsed_s`, and optionally `prune` (the
-            search's structure kind; "unstructured" when absent).
+            search's structure kind; "unstructured" when absent) and
+            `stop_reason` with `max_trials` (why the search ended early).
         rows: trial dicts (see `TRIAL_COLUMNS`).
         layers: per-layer rows of the best model: dicts with `name`,
             `class_name`, `params`, `nonzeros`, `density`, and for a shrunk
@@ -198,6 +199,11 @@ def report_markdown(info, rows, layers, png_name="pareto.png"):
         f"- dense val_accuracy: {info['dense_accuracy']:.4f}; floor: {info['floor']:.4f}",
         f"- trials: {len(rows)} ({sum(1 for r in rows if r.get('feasible'))} feasible)",
     ]
+    if info.get("stop_reason"):
+        out.append(
+            f"- ended after {len(rows)} of {info.get('max_trials', '-')} trials: "
+            f"{info['stop_reason']}"
+        )
     if info.get("elapsed_s") is not None:
         out.append(f"- wall time: {info['elapsed_s']:.1f} s")
     out.append("")

@@ -12,6 +12,7 @@ import pytest
 
 import keras_condensa as kc
 from keras_condensa import cli
+from keras_condensa.report import report_markdown
 from keras_condensa.scheme_grammar import SchemeSyntaxError, parse_scheme
 
 
@@ -158,6 +159,16 @@ def test_search_writes_outputs_then_refuses_the_finished_dir(files, tmp_path, ca
     assert cli.main(args) == 2
     lines = _error_lines(capsys)
     assert len(lines) == 1 and "--overwrite" in lines[0]
+
+
+def test_report_says_why_a_search_ended_early():
+    info = {"model": "m.keras", "objective": "tflite_bytes", "dense_accuracy": 0.98,
+            "floor": 0.97, "best": None, "exported": None, "max_trials": 10}
+    rows = [{"trial": k, "feasible": k % 2 == 0} for k in range(6)]
+    assert "ended" not in report_markdown(info, rows, [])
+    reason = "the boundary is located: a further trial was expected to save less than 2%"
+    text = report_markdown({**info, "stop_reason": reason}, rows, [])
+    assert f"- ended after 6 of 10 trials: {reason}" in text
 
 
 def test_search_resumes_after_a_real_interrupt(files, tmp_path, monkeypatch, capsys):

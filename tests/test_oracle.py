@@ -107,6 +107,35 @@ def test_finds_the_lowest_feasible_density_within_ten_trials(boundary):
     assert u_of(found) - u_of(boundary) < 0.02
 
 
+def test_stops_once_the_boundary_is_located():
+    # Noisy evaluations: once the next step is expected to save under 2% of the
+    # best cost, the search ends before `max_trials`, and says why.
+    accuracy = accuracy_curve(0.1, floor=0.96)
+
+    def noisy(seed):
+        rng = np.random.default_rng(seed)
+
+        def evaluate(values):
+            d = values["density"]
+            noisy_accuracy = accuracy(d) + rng.normal(0.0, 2e-3)
+            return {"nonzero_params": d * WEIGHTS, "val_accuracy": noisy_accuracy}
+
+        return evaluate
+
+    oracle = make_oracle(max_trials=25)
+    trials = search(oracle, noisy(0))
+    assert len(trials) < 25
+    assert "boundary is located" in oracle.stop_reason
+    assert oracle.create_trial("tuner0").status == "STOPPED"
+    best = oracle.get_best_trials(1)[0]
+    assert oracle.is_feasible(best)
+    assert abs(u_of(best.hyperparameters.get("density")) - u_of(0.1)) < 0.03
+    # min_expected_saving=0: every trial runs.
+    everything = make_oracle(max_trials=25, min_expected_saving=0.0)
+    assert len(search(everything, noisy(0))) == 25
+    assert everything.stop_reason is None
+
+
 def test_quadratic_step_follows_saturation_that_a_secant_overshoots():
     # A saturating curve: the secant between the bracket ends crosses the level
     # well above the root; the quadratic step lands between the root and that.
@@ -117,12 +146,12 @@ def test_quadratic_step_follows_saturation_that_a_secant_overshoots():
     root = -math.log(1.0 - level) / 6.0  # 0.384
     secant = lo + (level - curve(lo)) / (curve(hi) - curve(lo)) * (hi - lo)
     u = np.array([lo, hi, 0.75])
-    step = acquisition.quadratic_level_step(u, curve(u), level, lo, hi, noise_std=1e-3)
+    step, _ = acquisition.quadratic_level_step(u, curve(u), level, lo, hi, noise_std=1e-3)
     assert root < step < secant
     # The model's root, less the margin for noise: a small noise keeps it close.
     assert step - root < 0.04
     # Noisier evaluations push the step further above the root (a safer trial).
-    noisy = acquisition.quadratic_level_step(u, curve(u), level, lo, hi, noise_std=0.02)
+    noisy, _ = acquisition.quadratic_level_step(u, curve(u), level, lo, hi, noise_std=0.02)
     assert step < noisy < hi
 
 
@@ -144,10 +173,10 @@ def test_quadratic_step_averages_noise_over_more_points():
             )
             for _ in range(200)
         ]
-        return np.array([s for s in found if s is not None])
+        return np.array([s[0] for s in found if s is not None])
 
-    clean3 = acquisition.quadratic_level_step(three, curve(three), level, lo, hi, noise)
-    clean6 = acquisition.quadratic_level_step(six, curve(six), level, lo, hi, noise)
+    clean3, _ = acquisition.quadratic_level_step(three, curve(three), level, lo, hi, noise)
+    clean6, _ = acquisition.quadratic_level_step(six, curve(six), level, lo, hi, noise)
     root = -math.log(1.0 - level) / 6.0
     assert root < clean6 < clean3
     spread3 = np.median(np.abs(steps(three) - clean3))
@@ -162,9 +191,11 @@ def test_quadratic_step_keeps_away_from_the_infeasible_end():
     u = np.array([0.5, 0.46875, 0.4375, 0.375])
     values = np.array([0.9644, 0.96, 0.9556, 0.9267])
     lo, hi, level, noise = 0.46875, 0.5, 0.96333, 0.00756
-    step = acquisition.quadratic_level_step(u, values, level, lo, hi, noise)
+    step, _ = acquisition.quadratic_level_step(u, values, level, lo, hi, noise)
     assert lo + 0.1 * (hi - lo) <= step < hi
-    unguarded = acquisition.quadratic_level_step(u, values, level, lo, hi, noise, min_share=0.0)
+    unguarded, _ = acquisition.quadratic_level_step(
+        u, values, level, lo, hi, noise, min_share=0.0
+    )
     assert unguarded < lo + 0.01 * (hi - lo)
 
 
@@ -174,7 +205,8 @@ def test_quadratic_step_declines_a_non_monotone_fit():
 
 
 def test_every_proposal_is_a_new_point():
-    oracle = make_oracle(max_trials=14)
+    # Every trial runs (no early stop), past the level set into the EI phase.
+    oracle = make_oracle(max_trials=14, min_expected_saving=0.0)
     trials = search(oracle, density_metrics(accuracy_curve(0.08)))
     densities = [t.hyperparameters.get("density") for t in trials]
     assert len(set(densities)) == len(densities) == 14
@@ -520,6 +552,9 @@ def test_oracle_rejects_bad_arguments():
         make_oracle(monotone={"density": 2})
     with pytest.raises(ValueError, match="num_initial_points"):
         make_oracle(num_initial_points=0)
+    for bad in (1.0, -0.01, True, "2%"):
+        with pytest.raises(ValueError, match=r"min_expected_saving.*in \[0, 1\)"):
+            make_oracle(min_expected_saving=bad)
 
 
 def test_objective_that_trials_do_not_report_names_what_they_reported():

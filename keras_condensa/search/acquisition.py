@@ -180,14 +180,18 @@ def quadratic_level_step(u, values, level, lo, hi, noise_std, num_points=255, mi
         min_share: the least share of the bracket the step keeps above `lo`.
 
     Returns:
-        The coordinate in `(lo, hi)` to evaluate next, or None if the
-        quadratic is not increasing over the bracket (noise: bisect instead).
+        `(step, probability)`: the coordinate in `(lo, hi)` to evaluate next
+        and the model's probability that an evaluation there clears `level`;
+        or None if the quadratic is not increasing over the bracket (noise:
+        bisect instead).
 
     Example:
 
-    >>> step = quadratic_level_step(
+    >>> step, probability = quadratic_level_step(
     ...     np.array([0.0, 0.5, 1.0]), np.array([0.0, 0.75, 1.0]), 0.5, 0.0, 0.5, 0.01)
     >>> bool(0.29 < step < 0.5)  # the root is at 0.29; the step stays above it
+    True
+    >>> bool(0.5 < probability < 1.0)
     True
     """
     centre, scale = 0.5 * (lo + hi), max(hi - lo, _TINY)
@@ -202,6 +206,8 @@ def quadratic_level_step(u, values, level, lo, hi, noise_std, num_points=255, mi
     # each grid point (the Lagrange basis' sum of squares for three points).
     leverage = np.einsum("ij,jk,ik->i", at, np.linalg.pinv(design.T @ design), at)
     std = noise_std * np.sqrt(1.0 + leverage)
-    score = log_probability_of_feasibility(mean, std, lower=level) + np.log(hi - grid)
+    log_p = log_probability_of_feasibility(mean, std, lower=level)
+    score = log_p + np.log(hi - grid)
     score[grid < lo + min_share * (hi - lo)] = -np.inf
-    return float(grid[np.argmax(score)])
+    best = np.argmax(score)
+    return float(grid[best]), float(np.exp(log_p[best]))

@@ -27,6 +27,10 @@ The algorithm, after Condensa's sample-efficient search:
    inverse-quadratic step when there are three, which follows the curve's
    saturation where a secant would not; more average the noise out) gives
    the best chance of a feasible trial times the cost it would save.
+   Once that expected saving falls below `min_expected_saving` of the best
+   cost, the boundary is located as finely as the evaluation noise allows:
+   the search ends before `max_trials` (a further trial would mostly pay a
+   fine-tuning for a lucky reading just below the boundary).
 5. **Acquisition.** Otherwise (several hyperparameters, or once the bracket
    is resolved): expected improvement of the objective over the best feasible
    trial times the probability of feasibility, in log space; before any trial
@@ -85,7 +89,8 @@ _MIN_BRACKET = 4.0 / (_GRID_SIZE_1D - 1)
 # An infeasible trial closes the bracket only if the constraint's posterior
 # gives a new evaluation there at most this probability of being feasible.
 _AMBIGUOUS = 0.15
-
+# What `_propose` returns when the level set is located (the search stops).
+_LOCATED = object()
 
 
 def trial_metric(trial, name, default=None):
@@ -131,6 +136,11 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
             no structure assumed. Or a dict from hyperparameter name to +1 (the
             metric rises with it, like density) or -1 (it falls, like
             sparsity); names left out have no known order.
+        min_expected_saving: the search stops early, before `max_trials`,
+            when the next step of the one-hyperparameter level-set phase is
+            expected to save less than this share of the best feasible cost
+            (the probability that the trial is feasible times the relative
+            saving if it is). Defaults to 0.02; 0 runs every trial.
         seed: optional int, the random seed.
         allow_new_entries: as in `keras_tuner.Oracle`.
         tune_new_entries: as in `keras_tuner.Oracle`.
@@ -141,8 +151,8 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
         TypeError: if `constraint` is not a `Constraint` or `monotone` has the
             wrong type.
         ValueError: if `objective` is missing or several, `max_trials < 1`,
-            `num_initial_points < 1`, or `monotone` names a direction other
-            than +1, -1 or 0.
+            `num_initial_points < 1`, `min_expected_saving` is not in
+            `[0, 1)`, or `monotone` names a direction other than +1, -1 or 0.
 
     Example:
 
@@ -171,6 +181,7 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
         hyperparameters=None,
         num_initial_points=None,
         monotone=True,
+        min_expected_saving=0.02,
         seed=None,
         allow_new_entries=True,
         tune_new_entries=True,
@@ -188,6 +199,16 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
         if num_initial_points is not None:
             _check_positive_int("num_initial_points", num_initial_points)
         _check_monotone(monotone)
+        if (
+            isinstance(min_expected_saving, bool)
+            or not isinstance(min_expected_saving, numbers.Real)
+            or not 0.0 <= min_expected_saving < 1.0
+        ):
+            raise ValueError(
+                "`min_expected_saving` must be a number in [0, 1): the least expected "
+                "saving, as a share of the best cost, worth another trial (0 runs every "
+                f"trial). Received: min_expected_saving={min_expected_saving!r}."
+            )
         super().__init__(
             objective=objective,
             max_trials=max_trials,
@@ -208,6 +229,9 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
         self.constraint = constraint
         self.num_initial_points = num_initial_points
         self.monotone = dict(monotone) if isinstance(monotone, dict) else monotone
+        self.min_expected_saving = float(min_expected_saving)
+        # Why the search ended before `max_trials`, if it did.
+        self.stop_reason = None
         self._warned_infeasible = False
 
     # ------------------------------------------------------------------
@@ -221,7 +245,9 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
 
         Returns:
             A dict with `"status"` (`"RUNNING"`, or `"STOPPED"` once the space
-            is exhausted) and `"values"` (hyperparameter name to value).
+            is exhausted or the boundary is located, see
+            `min_expected_saving`) and `"values"` (hyperparameter name to
+            value).
         """
         space = self._nonfixed_space()
         if not space:
@@ -234,6 +260,12 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
             # Small matrices: threads only contend (a chief may serve many workers).
             with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
                 values = self._propose(data, n_created)
+        if values is _LOCATED:
+            self.stop_reason = (
+                f"the boundary is located: a further trial was expected to save less "
+                f"than {100 * self.min_expected_saving:g}% of the best {self.objective.name}"
+            )
+            return {"status": _STOPPED, "values": None}
         if values is None or self._duplicate(values):
             return self._random_response()
         return {"status": _RUNNING, "values": values}
@@ -366,6 +398,7 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
                 "constraint": self.constraint.get_config(),
                 "num_initial_points": self.num_initial_points,
                 "monotone": self.monotone,
+                "min_expected_saving": self.min_expected_saving,
             }
         )
         return state
@@ -496,7 +529,11 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
                 cost = o_mean[believed].min()
                 best_cost = cost if best_cost is None else min(best_cost, cost)
         directions = self._feasibility_directions(data)
-        target = self._level_set_target(x, metric, feasible, directions, constraint_gp)
+        target, probability = self._level_set_target(x, metric, feasible, directions, constraint_gp)
+        if probability is not None and self.min_expected_saving > 0:
+            saving = probability * self._relative_saving(data, target, best_cost)
+            if saving < self.min_expected_saving:
+                return _LOCATED
         if best_cost is None:
             # Nothing feasible yet: where a first feasible point is most likely,
             # optimistic about the model's uncertainty (and not trusting the
@@ -551,12 +588,15 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
             gp: the constraint's `Surrogate`.
 
         Returns:
-            The unit-interval coordinate to try next, or None when this phase
-            does not apply (several dimensions, no order, nothing feasible yet,
-            or a bracket already narrower than the candidate grid resolves).
+            `(target, probability)`: the unit-interval coordinate to try next
+            and, for a quadratic step, the model's probability that it is
+            feasible (None for a bisection). `(None, None)` when this phase
+            does not apply (several dimensions, no order, nothing feasible
+            yet, or a bracket already narrower than the candidate grid
+            resolves).
         """
         if x.shape[1] != 1 or directions is None or directions[0] == 0 or not feasible.any():
-            return None
+            return None, None
         flip = directions[0] < 0
         u = 1.0 - x[:, 0] if flip else x[:, 0]
         # An infeasible trial that a re-evaluation could well find feasible
@@ -569,8 +609,8 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
         lo, hi = _bracket(u, feasible, infeasible)
         width = hi - lo
         if width < _MIN_BRACKET:
-            return None
-        target = None
+            return None, None
+        target = probability = None
         if width < _LOCAL_WIDTH:
             # Oriented so that feasible means "at least the level".
             sign = 1.0 if self.constraint.min_value is not None else -1.0
@@ -584,12 +624,27 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
             if len(np.unique(u[near])) >= 3:
                 local = sign * values[near]
                 noise = max(math.sqrt(gp.noise_variance()), _NOISE_SHARE * np.ptp(local))
-                target = acquisition.quadratic_level_step(
+                step = acquisition.quadratic_level_step(
                     u[near], local, sign * level, lo, hi, noise
                 )
+                if step is not None:
+                    target, probability = step
         if target is None:
             target = 0.5 * (lo + hi)
-        return 1.0 - target if flip else target
+        return (1.0 - target if flip else target), probability
+
+    def _relative_saving(self, data, point, best_cost):
+        """How much less than `best_cost` the objective is at a 1-D `point`, as a share.
+
+        The cost at `point` is interpolated between the completed trials (it
+        is measured exactly, and monotone along the level-set hyperparameter).
+        """
+        order = np.argsort(data.completed_x[:, 0], kind="stable")
+        cost = np.interp(point, data.completed_x[order, 0], data.objective[order])
+        saving = best_cost - cost
+        if data.log_cost:  # a difference of log costs: the ratio's complement
+            return -math.expm1(-saving) if self._sign() > 0 else math.expm1(saving)
+        return saving / max(abs(best_cost), 1e-12)
 
     def _log_pof(self, gp, candidates, x, feasible, directions):
         """Log-probability of feasibility at the candidates, monotone-corrected.
@@ -717,7 +772,8 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
         usable = np.isfinite(constraint) & np.isfinite(cost)
         completed = [t for t, ok in zip(completed, usable, strict=True) if ok]
         constraint, cost = constraint[usable], cost[usable]
-        if len(cost) and np.all(cost > 0):
+        log_cost = bool(len(cost)) and bool(np.all(cost > 0))
+        if log_cost:
             cost = np.log(cost)
         cost = self._sign() * cost
         return _Data(
@@ -725,6 +781,7 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
             completed_x=self._vectorize(completed),
             constraint=constraint,
             objective=cost,
+            log_cost=log_cost,
             feasible=np.array([self.constraint.is_satisfied(v) for v in constraint], dtype=bool),
             failed_x=self._vectorize(failed),
             pending_x=self._vectorize(pending),
@@ -785,11 +842,14 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
 class _Data:
     """Arrays the search works on (unit-cube points and metric values)."""
 
-    def __init__(self, dims, completed_x, constraint, objective, feasible, failed_x, pending_x):
+    def __init__(
+        self, dims, completed_x, constraint, objective, log_cost, feasible, failed_x, pending_x
+    ):
         self.dims = dims
         self.completed_x = completed_x
         self.constraint = constraint
-        self.objective = objective
+        self.objective = objective  # log-scaled when `log_cost`; negated to minimise
+        self.log_cost = log_cost
         self.feasible = feasible
         self.failed_x = failed_x
         self.pending_x = pending_x

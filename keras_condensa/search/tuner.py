@@ -137,6 +137,9 @@ class CompressionTuner(keras_tuner.Tuner):
             is copied per trial) overriding the model's.
         loss: optional loss overriding the model's.
         num_initial_points: passed to the oracle.
+        min_expected_saving: passed to the oracle: the search ends before
+            `max_trials` once another trial is expected to save less than
+            this share of the best cost (0 runs every trial).
         max_consecutive_failed_trials: passed to the oracle.
         seed: optional int, seeds the oracle and each trial's fine-tuning.
         directory: the tuner's directory (Keras Tuner's `directory`).
@@ -189,6 +192,7 @@ class CompressionTuner(keras_tuner.Tuner):
         optimizer=None,
         loss=None,
         num_initial_points=None,
+        min_expected_saving=0.02,
         max_consecutive_failed_trials=3,
         seed=None,
         directory=None,
@@ -292,6 +296,7 @@ class CompressionTuner(keras_tuner.Tuner):
             hyperparameters=hp,
             max_trials=int(max_trials),
             num_initial_points=num_initial_points,
+            min_expected_saving=min_expected_saving,
             seed=seed,
             max_consecutive_failed_trials=max_consecutive_failed_trials,
         )
@@ -312,7 +317,8 @@ class CompressionTuner(keras_tuner.Tuner):
         """Runs trials until `max_trials` (or `max_time`) is reached.
 
         Trials completed earlier in the same project count towards
-        `max_trials`.
+        `max_trials`. The search ends sooner when the oracle has located the
+        boundary (`oracle.stop_reason` says so; see `min_expected_saving`).
         """
         self._deadline = None if self.max_time is None else time.monotonic() + self.max_time
         try:
