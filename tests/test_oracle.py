@@ -485,6 +485,15 @@ def test_reloaded_oracle_proposes_the_same_next_point(tmp_path, multi_dimensiona
         assert a.hyperparameters.values == b.hyperparameters.values
 
 
+def test_a_seed_of_zero_is_kept():
+    # Keras Tuner's Oracle turns 0 into a random seed; a search run with
+    # `--seed 0` must repeat.
+    assert make_oracle(seed=0).seed == 0
+    runs = [search(make_oracle(seed=0), density_metrics(accuracy_curve(0.1))) for _ in range(2)]
+    values = [[t.hyperparameters.values for t in trials] for trials in runs]
+    assert values[0] == values[1]
+
+
 def test_reload_without_a_project_directory_says_what_to_do():
     with pytest.raises(RuntimeError, match="_set_project_dir"):
         make_oracle().reload()

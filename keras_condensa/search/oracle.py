@@ -226,6 +226,8 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
                 f"val_accuracy) and minimise a cost. Received: "
                 f"objective={self.objective!r}, constraint={constraint!r}."
             )
+        if seed is not None:  # Keras Tuner replaces a seed of 0 with a random one.
+            self.seed = self._seed_state = seed
         self.constraint = constraint
         self.num_initial_points = num_initial_points
         self.monotone = dict(monotone) if isinstance(monotone, dict) else monotone
