@@ -24,7 +24,7 @@ get there. "truly" counts only the runs whose best trial also meets the floor
 on the noise-free curve: a lucky reading just below the optimum is inside the
 window, but the model it names does not meet the floor. "trials run" is the
 mean number of trials a search used: ours ends early once another trial is
-expected to save under 2% of the best cost. Keras Tuner's own
+expected to save under 4% of the best cost. Keras Tuner's own
 oracles get the constraint the usual way, as a penalised objective (`density`
 if feasible, else `1 + 10 * shortfall`).
 Last, the oracle's own time to propose a trial with 50 completed trials.

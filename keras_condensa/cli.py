@@ -1004,7 +1004,7 @@ def build_parser():
     p.add_argument(
         "--max-trials", type=int, default=10,
         help="trials in all (default 10); the search ends sooner once the boundary is "
-        "located (another trial expected to save under 2%%)",
+        "located (another trial expected to save under 4%%)",
     )
     p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs per trial (default 1)")
     p.add_argument(

@@ -108,7 +108,7 @@ def test_finds_the_lowest_feasible_density_within_ten_trials(boundary):
 
 
 def test_stops_once_the_boundary_is_located():
-    # Noisy evaluations: once the next step is expected to save under 2% of the
+    # Noisy evaluations: once the next step is expected to save under 4% of the
     # best cost, the search ends before `max_trials`, and says why.
     accuracy = accuracy_curve(0.1, floor=0.96)
 
@@ -213,11 +213,31 @@ def test_every_proposal_is_a_new_point():
     assert all(MIN_DENSITY <= d <= 1.0 for d in densities)
 
 
-def test_initial_design_starts_at_the_dense_end():
+@pytest.mark.parametrize("boundary, second_u", [(0.08, 0.75), (0.02, 0.25)])
+def test_initial_design_bisects_from_the_middle(boundary, second_u):
+    # The middle of the (log) range, then the middle of the half the boundary
+    # is in: above it when the middle is infeasible, below when feasible.
     oracle = make_oracle()
-    trials = search(oracle, density_metrics(accuracy_curve(0.08)), n=2)
-    assert trials[0].hyperparameters.get("density") == pytest.approx(1.0)
-    assert trials[1].hyperparameters.get("density") == pytest.approx(math.sqrt(MIN_DENSITY))
+    trials = search(oracle, density_metrics(accuracy_curve(boundary)), n=2)
+    assert trials[0].hyperparameters.get("density") == pytest.approx(math.sqrt(MIN_DENSITY))
+    assert u_of(trials[1].hyperparameters.get("density")) == pytest.approx(second_u)
+
+
+def test_initial_design_tries_the_dense_end_while_the_middle_runs():
+    oracle = make_oracle()
+    middle = oracle.create_trial("tuner0")
+    second = oracle.create_trial("tuner1")
+    assert middle.hyperparameters.get("density") == pytest.approx(math.sqrt(MIN_DENSITY))
+    assert second.hyperparameters.get("density") == pytest.approx(1.0)
+
+
+def test_initial_design_follows_a_declared_falling_order():
+    # Sparsity: accuracy falls as it rises, so the feasible end is its minimum.
+    hp = keras_tuner.HyperParameters()
+    hp.Float("sparsity", 0.0, 0.99)
+    oracle = make_oracle(hyperparameters=hp, monotone={"sparsity": -1})
+    oracle.create_trial("tuner0")
+    assert oracle.create_trial("tuner1").hyperparameters.get("sparsity") == pytest.approx(0.0)
 
 
 def test_works_when_the_constraint_is_a_ceiling_and_the_objective_is_maximised():
@@ -248,16 +268,21 @@ def test_works_when_the_constraint_is_a_ceiling_and_the_objective_is_maximised()
 
 
 def test_infeasible_trials_are_data_for_the_constraint_model():
-    oracle = make_oracle(max_trials=8)
+    oracle = make_oracle(max_trials=8, min_expected_saving=0.0)
     trials = search(oracle, density_metrics(accuracy_curve(0.1)))
     infeasible = [t for t in trials if not oracle.is_feasible(t)]
     assert infeasible, "the search should have probed below the boundary"
     data = oracle._collect()
     assert len(data.constraint) == len(trials)  # nothing dropped
     assert np.sum(~data.feasible) == len(infeasible)
-    # And they shape the search: after the first infeasible trial, the next
-    # proposal lies between it and the lowest feasible density seen so far.
-    first = next(i for i, t in enumerate(trials) if not oracle.is_feasible(t))
+    # And they shape the search: after the first infeasible trial that follows
+    # a feasible one, the next proposal lies between it and the lowest
+    # feasible density seen so far.
+    first = next(
+        i
+        for i, t in enumerate(trials)
+        if not oracle.is_feasible(t) and any(oracle.is_feasible(s) for s in trials[:i])
+    )
     low = trials[first].hyperparameters.get("density")
     high = min(
         t.hyperparameters.get("density") for t in trials[: first + 1] if oracle.is_feasible(t)
@@ -266,7 +291,7 @@ def test_infeasible_trials_are_data_for_the_constraint_model():
 
 
 def test_failed_trials_are_never_proposed_again_and_rank_last():
-    oracle = make_oracle(max_trials=10)
+    oracle = make_oracle(max_trials=10, min_expected_saving=0.0, seed=4)
     accuracy = accuracy_curve(0.1)
     failed = []
 
@@ -312,7 +337,7 @@ def test_nothing_feasible_warns_names_the_constraint_and_ranks_by_violation():
 def test_violated_constraint_is_none_once_a_trial_is_feasible():
     oracle = make_oracle()
     assert oracle.violated_constraint is None
-    search(oracle, density_metrics(accuracy_curve(0.1)), n=1)  # the dense end: feasible
+    search(oracle, density_metrics(accuracy_curve(0.05)), n=1)  # the middle: feasible
     assert oracle.violated_constraint is None
 
 
@@ -395,7 +420,7 @@ def test_per_layer_densities_and_a_scheme_choice():
 
 
 def test_running_trials_of_parallel_tuners_get_different_points():
-    oracle = make_oracle(max_trials=10)
+    oracle = make_oracle(max_trials=10, min_expected_saving=0.0)
     search(oracle, density_metrics(accuracy_curve(0.1)), n=4)
     first = oracle.create_trial("tuner0")
     second = oracle.create_trial("tuner1")
@@ -407,8 +432,8 @@ def test_trials_round_tripped_through_protos_like_a_distributed_worker():
     # A worker gets a copy of the trial over gRPC and sends back only metrics
     # (update_trial) and the trial's status (end_trial).
     accuracy = accuracy_curve(0.1)
-    local = make_oracle(seed=4)
-    remote = make_oracle(seed=4)
+    local = make_oracle(seed=4, min_expected_saving=0.0)
+    remote = make_oracle(seed=4, min_expected_saving=0.0)
     for _ in range(7):
         for oracle, wire in ((local, False), (remote, True)):
             trial = oracle.create_trial("worker0")
@@ -438,7 +463,7 @@ def test_inside_a_keras_tuner_tuner(tmp_path):
             return {"nonzero_params": d * WEIGHTS, "val_accuracy": accuracy(d)}
 
     tuner = CurveTuner(
-        oracle=make_oracle(max_trials=8),
+        oracle=make_oracle(max_trials=8, min_expected_saving=0.0),
         directory=str(tmp_path),
         project_name="curve",
     )
@@ -468,12 +493,14 @@ def test_reloaded_oracle_proposes_the_same_next_point(tmp_path, multi_dimensiona
         drop = 0.01 if values.get("scheme") == "block" else 0.0
         return {"nonzero_params": d * WEIGHTS, "val_accuracy": accuracy(d) - drop}
 
-    original = make_oracle(max_trials=12, hyperparameters=hp, seed=7)
+    original = make_oracle(max_trials=12, hyperparameters=hp, seed=7, min_expected_saving=0.0)
     original._set_project_dir(str(tmp_path / "a"), "search")
     search(original, evaluate, n=6)
     shutil.copytree(tmp_path / "a", tmp_path / "b")
 
-    reloaded = make_oracle(max_trials=12, hyperparameters=hp.copy(), seed=7)
+    reloaded = make_oracle(
+        max_trials=12, hyperparameters=hp.copy(), seed=7, min_expected_saving=0.0
+    )
     reloaded._set_project_dir(str(tmp_path / "b"), "search")
     reloaded.reload()
     assert sorted(reloaded.trials) == sorted(original.trials)

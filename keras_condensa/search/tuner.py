@@ -192,7 +192,7 @@ class CompressionTuner(keras_tuner.Tuner):
         optimizer=None,
         loss=None,
         num_initial_points=None,
-        min_expected_saving=0.02,
+        min_expected_saving=0.04,
         max_consecutive_failed_trials=3,
         seed=None,
         directory=None,
