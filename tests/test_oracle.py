@@ -223,6 +223,16 @@ def test_initial_design_bisects_from_the_middle(boundary, second_u):
     assert u_of(trials[1].hyperparameters.get("density")) == pytest.approx(second_u)
 
 
+def test_bisects_toward_the_dense_end_until_a_trial_is_feasible():
+    # A boundary near density 1: every bisection step above the middle is
+    # infeasible, and the dense end itself comes once the gap is narrow.
+    oracle = make_oracle()
+    trials = search(oracle, density_metrics(accuracy_curve(0.9)), n=4)
+    u = [u_of(t.hyperparameters.get("density")) for t in trials]
+    assert u == pytest.approx([0.5, 0.75, 0.875, 1.0], abs=1e-3)
+    assert [oracle.is_feasible(t) for t in trials] == [False, False, False, True]
+
+
 def test_initial_design_tries_the_dense_end_while_the_middle_runs():
     oracle = make_oracle()
     middle = oracle.create_trial("tuner0")

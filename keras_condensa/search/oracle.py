@@ -9,8 +9,9 @@ The algorithm, after Condensa's sample-efficient search:
 
 1. **Initial design.** With one ordered hyperparameter, bisection from the
    start: the middle of its range, then the middle of the half the boundary
-   is in (above when the middle is infeasible, taking the feasible end, say
-   density 1, to be feasible; below when it is feasible). The feasible end
+   is in (above when the middle is infeasible, taking the feasible end to be
+   feasible: the maximum, say density 1, unless `monotone` declares the
+   metric falling with it; below when it is feasible). The feasible end
    itself is tried only when needed: while the middle still runs, or when
    nothing is feasible. With several, the densest corner (every
    hyperparameter at its maximum: is the bound reachable at all?), then the
@@ -258,6 +259,7 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
             `min_expected_saving`) and `"values"` (hyperparameter name to
             value).
         """
+        self.stop_reason = None
         space = self._nonfixed_space()
         if not space:
             return self._random_response()
@@ -543,7 +545,9 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
             saving = probability * self._relative_saving(data, target, best_cost)
             if saving < self.min_expected_saving:
                 return _LOCATED
-        if best_cost is None:
+        if target is not None:
+            score = -np.abs(candidates[:, 0] - target)
+        elif best_cost is None:
             # Nothing feasible yet: where a first feasible point is most likely,
             # optimistic about the model's uncertainty (and not trusting the
             # monotone order, which the data has not confirmed yet).
@@ -551,8 +555,6 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
             score = acquisition.log_probability_of_feasibility(
                 mean, _OPTIMISM * std, self.constraint.min_value, self.constraint.max_value
             )
-        elif target is not None:
-            score = -np.abs(candidates[:, 0] - target)
         else:
             if objective_gp is None:
                 objective_gp = Surrogate(data.dims, seed=gp_seed + 1).fit(x, data.objective)
@@ -596,18 +598,30 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
             directions: output of `_feasibility_directions`.
             gp: the constraint's `Surrogate`.
 
+        Before any trial is feasible, the feasible end (density 1) is taken
+        to be feasible: the bracket runs from the highest trial to it, and
+        the end itself is tried once that is narrower than `_LOCAL_WIDTH`.
+
         Returns:
             `(target, probability)`: the unit-interval coordinate to try next
             and, for a quadratic step, the model's probability that it is
             feasible (None for a bisection). `(None, None)` when this phase
-            does not apply (several dimensions, no order, nothing feasible
-            yet, or a bracket already narrower than the candidate grid
-            resolves).
+            does not apply (several dimensions, no order, the feasible end
+            tried and infeasible, or a bracket already narrower than the
+            candidate grid resolves).
         """
-        if x.shape[1] != 1 or directions is None or directions[0] == 0 or not feasible.any():
+        if x.shape[1] != 1 or directions is None or directions[0] == 0:
             return None, None
         flip = directions[0] < 0
         u = 1.0 - x[:, 0] if flip else x[:, 0]
+        if not feasible.any():
+            # Nothing feasible yet: the feasible end is taken to be feasible;
+            # bisect toward it, and try the end itself once the gap is narrow.
+            top = float(u.max())
+            if np.isclose(top, 1.0):
+                return None, None  # the end is infeasible too
+            target = 1.0 if 1.0 - top < _LOCAL_WIDTH else 0.5 * (top + 1.0)
+            return (1.0 - target if flip else target), None
         # An infeasible trial that a re-evaluation could well find feasible
         # (the metric is noisy) does not close the bracket.
         mean, std = gp.predict(x)
