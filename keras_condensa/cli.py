@@ -715,6 +715,7 @@ def run_search(model, data, directory, *, model_name, objective, max_trials, epo
         "dense_accuracy": tuner.dense_accuracy,
         "floor": tuner.accuracy_floor,
         "trials": len(rows),
+        "stop_reason": stop_reason,
         "feasible_trials": sum(1 for r in rows if r["feasible"]),
         "best": {
             "trial": best_row["trial"],

@@ -152,6 +152,7 @@ def test_search_writes_outputs_then_refuses_the_finished_dir(files, tmp_path, ca
     with open(os.path.join(out, "trials.csv")) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and sum(r["best"] == "True" for r in rows) == 1
+    assert result["trials"] == 2 and result["stop_reason"] is None  # both trials ran
     assert result["best"]["tflite"]["bytes"] == os.path.getsize(os.path.join(out, "best.tflite"))
     report = open(os.path.join(out, "report.md")).read()
     assert "pareto.png" in report and "| fc1 | Dense |" in report

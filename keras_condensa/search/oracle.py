@@ -777,14 +777,17 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
 
     def _feasible_end(self, space):
         """The likelier feasible end (1.0 or 0.0) of one ordered hyperparameter, else None."""
-        if len(space) != 1 or not _is_ordered(space[0]) or self.monotone is False:
+        if (
+            len(space) != 1
+            or not _is_ordered(space[0])
+            or self.monotone is False
+            or not self.constraint.one_sided
+        ):
             return None
         if isinstance(self.monotone, dict):
-            direction = self.monotone.get(space[0].name, 0)
             toward = 1 if self.constraint.min_value is not None else -1
-            if direction == 0 or not self.constraint.one_sided:
-                return None
-            return 1.0 if direction * toward > 0 else 0.0
+            direction = toward * self.monotone.get(space[0].name, 0)
+            return None if direction == 0 else float(direction > 0)
         return 1.0
 
     def _num_initial_points(self):
