@@ -167,7 +167,7 @@ def test_report_says_why_a_search_ended_early():
             "floor": 0.97, "best": None, "exported": None, "max_trials": 10}
     rows = [{"trial": k, "feasible": k % 2 == 0} for k in range(6)]
     assert "ended" not in report_markdown(info, rows, [])
-    reason = "the boundary is located: a further trial was expected to save less than 2%"
+    reason = "the boundary is located: a further trial was expected to save less than 4%"
     text = report_markdown({**info, "stop_reason": reason}, rows, [])
     assert f"- ended after 6 of 10 trials: {reason}" in text
 
