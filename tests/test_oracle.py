@@ -367,6 +367,32 @@ def feed(oracle, points):
         oracle.end_trial(trial)
 
 
+@pytest.mark.parametrize("reading, replicated", [(0.9628, True), (0.94, False)])
+def test_an_ambiguous_infeasible_trial_gets_a_near_replicate(reading, replicated):
+    # A benchmark search's first trials (floor 0.9678): the middle reads just
+    # below the floor, within the noise. Bisecting [0, 0.137] would try 0.026,
+    # far below where the boundary likely is; the oracle re-evaluates next to
+    # the ambiguous trial instead, once. A clearly infeasible one bounds the
+    # bracket and the search goes on inside it.
+    # (Whether a reading is ambiguous depends on the Gaussian process's fitted
+    # noise, which with three trials depends on its restarts: seed 3 fits some.)
+    oracle = make_oracle(floor=0.9678, max_trials=10, seed=3)
+    feed(oracle, [(0.07071, reading), (0.26591, 0.9767), (0.13712, 0.97873)])
+    trial = oracle.create_trial("tuner0")
+    proposed = trial.hyperparameters.get("density")
+    near = abs(u_of(proposed) - u_of(0.07071)) < 3 / 1024
+    assert near == replicated
+    assert proposed > 0.07071 * 0.98
+    if replicated:
+        metrics = {"nonzero_params": proposed * WEIGHTS, "val_accuracy": 0.955}
+        oracle.update_trial(trial.trial_id, metrics)
+        trial.status = "COMPLETED"
+        oracle.end_trial(trial)
+        after = oracle.create_trial("tuner0").hyperparameters.get("density")
+        assert abs(u_of(after) - u_of(0.07071)) > 3 / 1024  # one replicate only
+        assert 0.07071 < after < 0.13712
+
+
 def test_best_trials_are_feasible_by_objective_then_infeasible_by_violation():
     oracle = make_oracle(floor=0.96, max_trials=10)
     feed(oracle, [(1.0, 0.98), (0.02, 0.90), (0.2, 0.97), (0.05, 0.95), (0.1, 0.961)])

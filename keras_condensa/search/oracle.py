@@ -32,7 +32,9 @@ The algorithm, after Condensa's sample-efficient search:
    a least-squares quadratic through the trials near it (Brent's
    inverse-quadratic step when there are three, which follows the curve's
    saturation where a secant would not; more average the noise out) gives
-   the best chance of a feasible trial times the cost it would save.
+   the best chance of a feasible trial times the cost it would save. An
+   infeasible trial whose reading is within the noise of the bound does not
+   close the bracket; it gets one near-replicate first.
    Once that expected saving falls below `min_expected_saving` of the best
    cost, the boundary is located as finely as the evaluation noise allows:
    the search ends before `max_trials` (a further trial would mostly pay a
@@ -95,6 +97,8 @@ _MIN_BRACKET = 4.0 / (_GRID_SIZE_1D - 1)
 # An infeasible trial closes the bracket only if the constraint's posterior
 # gives a new evaluation there at most this probability of being feasible.
 _AMBIGUOUS = 0.15
+# Trials closer than this (unit interval) to an ambiguous one count as its replicate.
+_REPLICATE_RADIUS = 3.0 / (_GRID_SIZE_1D - 1)
 # What `_propose` returns when the level set is located (the search stops).
 _LOCATED = object()
 
@@ -540,7 +544,9 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
                 cost = o_mean[believed].min()
                 best_cost = cost if best_cost is None else min(best_cost, cost)
         directions = self._feasibility_directions(data)
-        target, probability = self._level_set_target(x, metric, feasible, directions, constraint_gp)
+        target, probability = self._level_set_target(
+            x, metric, feasible, directions, constraint_gp, len(data.completed_x)
+        )
         if probability is not None and self.min_expected_saving > 0:
             saving = probability * self._relative_saving(data, target, best_cost)
             if saving < self.min_expected_saving:
@@ -573,7 +579,7 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
                 return values
         return None
 
-    def _level_set_target(self, x, values, feasible, directions, gp):
+    def _level_set_target(self, x, values, feasible, directions, gp, num_completed):
         """1-D level-set phase: the next split of the bracket around the boundary.
 
         The bracket runs from the highest clearly infeasible trial below the
@@ -591,12 +597,20 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
         third averages evaluation noise out of it. A quadratic that is not
         monotone over the bracket (noise) falls back to bisection.
 
+        An ambiguous infeasible trial above the bracket's lower end leaves
+        that end in doubt: the boundary is likely just above it, and
+        splitting the whole bracket would mostly probe below it. The next
+        trial is then its near-replicate (the closest untried value: Keras
+        Tuner refuses identical ones), once; with two readings there the
+        posterior either closes the bracket at it or finds it feasible.
+
         Args:
             x: `(n, 1)` trial points (completed, then running).
             values: `(n,)` their constrained metric (believed, for running trials).
             feasible: `(n,)` observed (or, for running trials, believed) feasibility.
             directions: output of `_feasibility_directions`.
             gp: the constraint's `Surrogate`.
+            num_completed: how many of the rows are completed trials.
 
         Before any trial is feasible, the feasible end (density 1) is taken
         to be feasible: the bracket runs from the highest trial to it, and
@@ -633,6 +647,11 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
         width = hi - lo
         if width < _MIN_BRACKET:
             return None, None
+        doubtful = (~feasible & ~infeasible & (u < hi))[:num_completed]
+        if doubtful.any():
+            a = float(u[:num_completed][doubtful].max())
+            if a > lo and np.sum(np.abs(u - a) < _REPLICATE_RADIUS) == 1:
+                return (1.0 - a if flip else a), None
         target = probability = None
         if width < _LOCAL_WIDTH:
             # Oriented so that feasible means "at least the level".
