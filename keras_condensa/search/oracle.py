@@ -604,6 +604,10 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
         Tuner refuses identical ones), once; with two readings there the
         posterior either closes the bracket at it or finds it feasible.
 
+        Before any trial is feasible, the feasible end (density 1) is taken
+        to be feasible: the bracket runs from the highest trial to it, and
+        the end itself is tried once that is narrower than `_LOCAL_WIDTH`.
+
         Args:
             x: `(n, 1)` trial points (completed, then running).
             values: `(n,)` their constrained metric (believed, for running trials).
@@ -612,17 +616,13 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
             gp: the constraint's `Surrogate`.
             num_completed: how many of the rows are completed trials.
 
-        Before any trial is feasible, the feasible end (density 1) is taken
-        to be feasible: the bracket runs from the highest trial to it, and
-        the end itself is tried once that is narrower than `_LOCAL_WIDTH`.
-
         Returns:
             `(target, probability)`: the unit-interval coordinate to try next
             and, for a quadratic step, the model's probability that it is
-            feasible (None for a bisection). `(None, None)` when this phase
-            does not apply (several dimensions, no order, the feasible end
-            tried and infeasible, or a bracket already narrower than the
-            candidate grid resolves).
+            feasible (None for a bisection or a replicate). `(None, None)`
+            when this phase does not apply (several dimensions, no order, the
+            feasible end tried and infeasible, or a bracket already narrower
+            than the candidate grid resolves).
         """
         if x.shape[1] != 1 or directions is None or directions[0] == 0:
             return None, None
