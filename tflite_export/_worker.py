@@ -29,8 +29,6 @@ def main(request_path):
         if request["representative_data"]:
             with np.load(request["representative_data"]) as arrays:
                 representative = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
-            if len(representative) == 1:
-                representative = representative[0]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = export(

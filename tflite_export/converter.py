@@ -17,6 +17,7 @@ import re
 import keras
 import tensorflow as tf
 
+from tflite_export import data
 from tflite_export.errors import ConversionError, UnsupportedOpsError
 
 _FAKE_QUANT_PREFIX = "FakeQuantWithMinMax"
@@ -26,6 +27,9 @@ CALIBRATOR_BUG = "https://github.com/tensorflow/tensorflow/issues/75140"
 
 def trace(model, specs):
     """Traces the model's inference call with batch-1 inputs named `input_<i>`.
+
+    The function takes one tensor per input in `specs` order and calls the
+    model with them in the structure it takes (a dict, a list, one tensor).
 
     Args:
         model: a `keras.Model` (TensorFlow backend).
@@ -40,7 +44,7 @@ def trace(model, specs):
     ]
 
     def serve(*xs):
-        outputs = model(xs[0] if len(xs) == 1 else list(xs), training=False)
+        outputs = model(data.pack(model, xs), training=False)
         flat = keras.tree.flatten(outputs)
         return flat[0] if len(flat) == 1 else tuple(flat)
 
@@ -126,6 +130,16 @@ def unrolled(model):
     for original, copy in pairs:
         copy.set_weights(original.get_weights())
     return clone, changed
+
+
+def recurrent_layers(model):
+    """Names of the model's layers that hold a Keras recurrent layer (wrappers included)."""
+    names = []
+    for layer in model.layers:
+        nested = layer._flatten_layers(include_self=True)
+        if any(isinstance(n, (keras.layers.RNN, keras.layers.Bidirectional)) for n in nested):
+            names.append(layer.name)
+    return names or ["(a loop outside Keras RNN layers)"]
 
 
 def _representative(arrays):
@@ -230,7 +244,7 @@ def convert(
 
     Raises:
         ValueError: int8 without representative data on a graph with no
-            fake-quant ranges; int8 calibration of a loop that cannot be unrolled.
+            fake-quant ranges; `int8_io` with a loop that cannot be unrolled.
         UnsupportedOpsError: ops the converter cannot lower.
         ConversionError: any other converter failure.
     """
@@ -245,19 +259,31 @@ def convert(
             "carry the ranges."
         )
     if quantize == "int8" and representative is not None and has_while(op_types):
-        # The calibrator segfaults on WHILE loops (TF 2.17-2.21); unrolling avoids the loop.
-        model, names = unrolled(model)
-        concrete = trace(model, specs)
-        if has_while(graph_op_types(concrete)):
-            raise ValueError(
-                "int8 calibration of a model with a loop (WHILE op) crashes the TFLite "
-                f"calibrator ({CALIBRATOR_BUG}), and the loop is not from an unrollable Keras "
-                "RNN layer. Use quantize='dynamic' or 'float16', or remove the loop."
+        # The calibrator segfaults on WHILE loops (TF 2.17-2.21).
+        if not int8_io:
+            representative = None
+            notes.append(
+                f"recurrent layers {recurrent_layers(model)} keep float activations: the TFLite "
+                f"int8 calibrator crashes on their WHILE loop ({CALIBRATOR_BUG}), so the file "
+                "was converted without calibration: int8 weights with dynamic-range kernels in "
+                "float-activation parts, full int8 where kc.Quantize fake-quant ranges cover "
+                "layers (pass int8_io=True to unroll the loops for full int8: a far larger file)"
             )
-        notes.append(
-            f"unrolled recurrent layers {names} for int8 calibration: the TFLite calibrator "
-            f"crashes on WHILE loops ({CALIBRATOR_BUG}); same function, larger file"
-        )
+        else:
+            model, names = unrolled(model)
+            concrete = trace(model, specs)
+            if has_while(graph_op_types(concrete)):
+                raise ValueError(
+                    "int8_io=True needs full int8, but int8 calibration of a model with a loop "
+                    f"(WHILE op) crashes the TFLite calibrator ({CALIBRATOR_BUG}), and the loop "
+                    f"of {recurrent_layers(model)} is not from an unrollable Keras RNN layer. "
+                    "Pass int8_io=False (int8 weights, dynamic-range kernels in the loop)."
+                )
+            notes.append(
+                f"unrolled recurrent layers {names} for int8 calibration (int8_io=True needs "
+                f"full int8): the TFLite calibrator crashes on WHILE loops ({CALIBRATOR_BUG}); "
+                "same function, larger file"
+            )
     if sparse and quantize is not None and min(fake_quant_bits(concrete), default=8) < 8:
         # TF 2.21's sparsity pass aborts the whole process on the int4 tensors that
         # 4-bit weights become; the converter packs those two to a byte anyway.

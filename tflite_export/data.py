@@ -6,6 +6,7 @@ TensorFlow: it reads `model.inputs`, which every backend provides.
 
 import dataclasses
 
+import keras
 import numpy as np
 
 MAX_CALIBRATION_SAMPLES = 500
@@ -13,15 +14,52 @@ MAX_CALIBRATION_SAMPLES = 500
 
 @dataclasses.dataclass(frozen=True)
 class InputSpec:
-    """One model input: its name, shape without the batch axis, and dtype name."""
+    """One model input: its name, shape without the batch axis, and dtype name.
+
+    `path` is where the input sits in the structure the model takes (`("token_ids",)`
+    for a dict input, `(1,)` for the second of a list); `name` is the dict key path
+    (`"token_ids"`) for inputs taken in a dict, else the input tensor's name.
+    """
 
     name: str
     shape: tuple
     dtype: str
+    path: tuple = ()
 
     @property
     def is_float(self):
         return np.issubdtype(np.dtype(self.dtype), np.floating)
+
+
+def input_structure(model):
+    """The model's inputs in the structure it takes them.
+
+    Args:
+        model: a built `keras.Model`.
+
+    Returns:
+        A `KerasTensor`, or a list, tuple or dict (possibly nested) of them, as
+        the model is called: `model(pack(model, flat_inputs))`.
+    """
+    try:
+        structure = model.input
+    except (AttributeError, ValueError):
+        structure = None
+    if structure is None:
+        inputs = list(getattr(model, "inputs", None) or ())
+        return inputs[0] if len(inputs) == 1 else inputs
+    return structure
+
+
+def pack(model, flat):
+    """Arranges one array per input (in `input_specs` order) as the model takes them."""
+    return keras.tree.pack_sequence_as(input_structure(model), list(flat))
+
+
+def _spec_name(path, tensor):
+    if any(isinstance(p, str) for p in path):
+        return "/".join(str(p) for p in path)
+    return tensor.name
 
 
 def input_specs(model):
@@ -31,40 +69,93 @@ def input_specs(model):
         model: a built `keras.Model`.
 
     Returns:
-        A list of `InputSpec`, in the order of `model.inputs`.
+        A list of `InputSpec`, in the order of `model.inputs` (the flattened
+        input structure: dict keys sorted).
 
     Raises:
         ValueError: the model has no defined inputs, or an input has unknown
             dimensions besides the batch.
     """
     try:
-        inputs = list(model.inputs or ())
+        flat = keras.tree.flatten_with_path(input_structure(model))
     except (AttributeError, ValueError):
-        inputs = []
-    if not inputs:
+        flat = []
+    if not flat:
         raise ValueError(
             f"The model {getattr(model, 'name', model)!r} has no defined inputs. Export needs "
             "a Functional or Sequential model built with `keras.Input(shape=...)`."
         )
     specs = []
-    for tensor in inputs:
+    for path, tensor in flat:
+        name = _spec_name(path, tensor)
         shape = tuple(tensor.shape[1:])
         if any(d is None for d in shape):
             raise ValueError(
-                f"Input {tensor.name!r} has unknown dimensions: shape {tuple(tensor.shape)}. "
-                "LiteRT export needs fixed shapes besides the batch: rebuild the model "
-                "with `keras.Input(shape=...)` giving every dimension."
+                f"Input {name!r} has unknown dimensions: shape {tuple(tensor.shape)}. LiteRT "
+                "export traces fixed shapes besides the batch (the converter's integer "
+                "calibration and XNNPACK need them): build the model on inputs that give every "
+                "dimension, e.g. `keras.Input(shape=(16,), dtype='int32', name="
+                f"{name.split('/')[-1]!r})` for sequences padded to 16 tokens, and call the "
+                "layer (or backbone) on them."
             )
-        specs.append(InputSpec(tensor.name, tuple(int(d) for d in shape), str(tensor.dtype)))
+        specs.append(
+            InputSpec(name, tuple(int(d) for d in shape), str(tensor.dtype), tuple(path))
+        )
     return specs
+
+
+def _lookup(x, spec, what):
+    value = x
+    for depth, key in enumerate(spec.path):
+        if isinstance(key, str):
+            if not isinstance(value, dict):
+                raise TypeError(
+                    f"{what} must be a dict with key {key!r} (input {spec.name!r}), in the "
+                    f"structure the model takes. Received: {type(value).__name__}"
+                )
+            if key not in value:
+                where = "/".join(str(p) for p in spec.path[:depth]) or "the top level"
+                raise ValueError(
+                    f"{what} lacks input {spec.name!r}: no key {key!r} at {where}. "
+                    f"Received keys: {sorted(map(str, value))}. Pass one array per model "
+                    "input, keyed as the model's inputs are."
+                )
+        elif not isinstance(value, (list, tuple)) or key >= len(value):
+            raise ValueError(
+                f"{what} lacks input {spec.name!r}: expected a list or tuple with an item at "
+                f"index {key}, in the structure the model takes. Received: "
+                f"{type(value).__name__}"
+            )
+        value = value[key]
+    return value
+
+
+def _flat_arrays(x, specs, what):
+    if any(isinstance(p, str) for s in specs for p in s.path):
+        return [_lookup(x, s, what) for s in specs]
+    if isinstance(x, dict):
+        missing = [s.name for s in specs if s.name not in x]
+        if missing:
+            raise ValueError(
+                f"{what} lacks inputs {missing}. Received keys: {sorted(map(str, x))}. Pass "
+                "one array per model input, keyed by input name, or a list in input order."
+            )
+        return [x[s.name] for s in specs]
+    if isinstance(x, (list, tuple)) and (
+        len(specs) > 1 or (len(x) == 1 and hasattr(x[0], "shape"))
+    ):
+        return list(x)
+    return [x]
 
 
 def as_input_list(x, specs, what="x"):
     """Checks data against input specifications and returns one array per input.
 
     Args:
-        x: an array (one input), or a list/tuple of arrays (one per input), with
-            a leading sample axis.
+        x: the inputs with a leading sample axis, in the structure the model
+            takes them: an array (one input), a list/tuple of arrays (one per
+            input), or a dict of arrays keyed as the model's inputs. A model
+            taking a dict also accepts the flat list in `specs` order.
         specs: the model's `InputSpec` list.
         what: the argument name used in error messages.
 
@@ -74,19 +165,17 @@ def as_input_list(x, specs, what="x"):
 
     Raises:
         TypeError: the data is not numeric, or floats are given for an integer input.
-        ValueError: wrong number of inputs, wrong shapes, or no samples.
+        ValueError: wrong number of inputs, a missing input, wrong shapes, or no samples.
     """
-    if isinstance(x, dict):
-        missing = [s.name for s in specs if s.name not in x]
-        if missing:
-            raise ValueError(f"{what} lacks inputs {missing}. Received keys: {sorted(x)}")
-        arrays = [x[s.name] for s in specs]
-    elif isinstance(x, (list, tuple)) and (
-        len(specs) > 1 or (len(x) == 1 and hasattr(x[0], "shape"))
+    if (
+        isinstance(x, (list, tuple))
+        and len(x) == len(specs)
+        and not any(isinstance(a, (dict, list, tuple)) for a in x)
+        and (len(specs) > 1 or hasattr(x[0], "shape"))
     ):
-        arrays = list(x)
+        arrays = list(x)  # the flat list, in `specs` order, whatever the structure
     else:
-        arrays = [x]
+        arrays = _flat_arrays(x, specs, what)
     if len(arrays) != len(specs):
         raise ValueError(
             f"{what} must hold one array per model input ({len(specs)}: "

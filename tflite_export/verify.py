@@ -33,7 +33,7 @@ def _keras_outputs(model, inputs, batch_size=64):
     chunks = []
     for start in range(0, inputs[0].shape[0], batch_size):
         batch = [a[start : start + batch_size] for a in inputs]
-        outputs = model(batch[0] if len(batch) == 1 else batch, training=False)
+        outputs = model(data.pack(model, batch), training=False)
         chunks.append([keras.ops.convert_to_numpy(o) for o in keras.tree.flatten(outputs)])
     return [np.concatenate(parts).astype(np.float32) for parts in zip(*chunks, strict=True)]
 
