@@ -32,6 +32,7 @@ import warnings
 
 from keras_condensa import scheme_grammar
 from keras_condensa.bench import keras_latency_ms
+from keras_condensa.compiling import check_finite_data, check_finite_losses
 from keras_condensa.search.oracle import trial_metric
 
 EXIT_OK = 0
@@ -114,6 +115,8 @@ def load_model(path):
 
     if not os.path.isfile(path):
         raise UsageError(f"model file not found: {path}")
+    if path.endswith(".keras"):
+        _check_keras_archive(path)
     try:
         model = keras.saving.load_model(path, compile=True)
     except Exception as e:  # Keras raises many types for a bad archive.
@@ -121,6 +124,24 @@ def load_model(path):
     if not isinstance(model, keras.Model):
         raise UsageError(f"{path} does not hold a keras.Model (found {type(model).__name__})")
     return model
+
+
+def _check_keras_archive(path):
+    """Raises unless `path` is a whole `.keras` archive (Keras says "File not found" otherwise)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise UsageError(
+            f"{path} is not a valid .keras archive: it is truncated or corrupt ({_one_line(e)}); "
+            "save the model again"
+        ) from None
+    if damaged is not None or "config.json" not in names:
+        what = f"its member {damaged} is damaged" if damaged else "it has no config.json"
+        raise UsageError(f"{path} is not a valid .keras archive: {what}; save the model again")
 
 
 def _one_line(error, limit=200):
@@ -174,6 +195,11 @@ def load_data(path, model=None, require_labels=True):
             raise UsageError(f"{path}: x_{split} is empty")
         if not np.issubdtype(x.dtype, np.number):
             raise UsageError(f"{path}: x_{split} is not numeric (dtype {x.dtype})")
+        for name, array in ((f"x_{split}", x), (f"y_{split}", y)):
+            try:
+                check_finite_data(name, array if array is not None else np.zeros(0))
+            except ValueError as e:
+                raise UsageError(f"{path}: {e}") from None
         data[f"x_{split}"] = x.astype("float32") if x.dtype == np.float64 else x
         if y is not None and len(y) != len(x):
             raise UsageError(
@@ -222,12 +248,127 @@ def _check_fits(path, model, split, x, y):
         )
 
 
-def _check_out_file(path):
+# ----------------------------------------------------------------------
+# The validation layer: every subcommand's arguments are checked here, before
+# any work. Single values by argparse types (`_int_at_least`, `_fraction`);
+# files by `check_paths`, from one table of what each subcommand reads and
+# writes. Every failure is a `UsageError` or an argparse error: exit 2.
+
+# Per subcommand: the input files (attribute, what it is) and the output
+# (attribute, extension of the file written, or None for a directory).
+_INPUTS = {
+    "compress": (("model", "model"), ("data", "data")),
+    "search": (("model", "model"), ("data", "data")),
+    "export": (("model", "model"), ("data", "data")),
+    "bench": (("model", "model"), ("data", "data")),
+    "demo": (),
+}
+_OUTPUTS = {
+    "compress": ("out", ".keras"),
+    "search": ("out", None),
+    "export": ("out", ".tflite"),
+    "demo": ("out", None),
+}
+_WRITES = {".keras": "a .keras model", ".tflite": "a LiteRT (.tflite) file"}
+
+
+def _int_at_least(minimum):
+    """An argparse type: an integer >= `minimum`."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _fraction(text):
+    """An argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
+    return value
+
+
+def _check_writable(directory, flag):
+    """Raises unless files can be created in the existing `directory`."""
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"{flag}: cannot write to {directory} (permission denied); choose a writable location"
+        )
+    try:  # os.access cannot see read-only mounts under root, ACLs or full quotas.
+        fd, probe = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise UsageError(
+            f"{flag}: cannot write to {directory} ({e.strerror}); choose a writable location"
+        ) from None
+
+
+def _same_file(a, b):
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_output(args, attr, extension):
+    path = getattr(args, attr)
+    flag = f"--{attr}"
+    for name, _ in _INPUTS[args.command]:
+        source = getattr(args, name, None)
+        if source and _same_file(path, source):
+            raise UsageError(
+                f"{flag} {path} is the input {name} file; writing there would destroy it. "
+                f"Choose another {flag}"
+            )
+    if extension is None:  # a directory, created if need be
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise UsageError(f"{flag} {path} exists and is not a directory")
+        existing = os.path.abspath(path)
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise UsageError(f"{flag} {path}: {existing} is a file, not a directory")
+        _check_writable(existing, flag)
+        return
+    if not path.lower().endswith(extension):
+        raise UsageError(
+            f"{flag} {path}: {args.command} writes {_WRITES[extension]}; give a file name "
+            f"ending in {extension}"
+        )
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a directory; give a file name")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        raise UsageError(f"the directory of --out {path} does not exist")
-    if os.path.isdir(path):
-        raise UsageError(f"--out {path} is a directory; give a file name")
+        raise UsageError(f"{flag} {path}: {parent} is not an existing directory")
+    _check_writable(parent, flag)
+
+
+def check_paths(args):
+    """Checks a parsed command line's files before any work.
+
+    Inputs must exist; an output must not be an input, must have the
+    extension of what is written, and its directory must be writable.
+
+    Raises:
+        UsageError: naming the argument, the path and the fix.
+    """
+    for name, kind in _INPUTS[args.command]:
+        path = getattr(args, name, None)
+        if path is not None and not os.path.isfile(path):
+            what = "not a file" if os.path.exists(path) else "not found"
+            raise UsageError(f"{kind} file {what}: {path}")
+    if args.command in _OUTPUTS:
+        _check_output(args, *_OUTPUTS[args.command])
 
 
 def _chmod_default(path):
@@ -305,11 +446,8 @@ def cmd_compress(args, out):
         scheme = scheme_grammar.parse_scheme(args.scheme)
     except scheme_grammar.SchemeSyntaxError as e:
         raise UsageError(str(e)) from None
-    _check_out_file(args.out)
     model = load_model(args.model)
     data = load_data(args.data, model)
-    if args.epochs < 0:
-        raise UsageError(f"--epochs must be >= 0, got {args.epochs}")
 
     before = _accuracy(model, data["x_val"], data["y_val"])
     try:
@@ -350,7 +488,7 @@ def cmd_compress(args, out):
             final = lc.fit(
                 source, data["x_train"], data["y_train"], epochs=epochs,
                 batch_size=args.batch_size,
-            )
+            )  # raises FloatingPointError if the loss diverges
         else:
             compressed.compile(optimizer=optimizer, loss=loss)
             trainer = compressed
@@ -361,10 +499,11 @@ def cmd_compress(args, out):
                 trainer.compile(
                     optimizer=optimizer.__class__.from_config(optimizer.get_config()), loss=loss
                 )
-            trainer.fit(
+            history = trainer.fit(
                 data["x_train"], data["y_train"], epochs=epochs, batch_size=args.batch_size,
                 verbose=0, callbacks=kc.callbacks(scheme),
             )
+            check_finite_losses(history)
     try:
         if final is None:
             final = kc.strip(compressed, shrink=args.shrink)
@@ -372,6 +511,7 @@ def cmd_compress(args, out):
             final = kc.shrink(final)
     except (ValueError, TypeError) as e:
         raise UsageError(f"--shrink cannot rebuild {args.model}: {_one_line(e)}") from None
+    _check_finite_weights(final)
     after = _accuracy(final, data["x_val"], data["y_val"])
     summary_text = []
     summary = kc.summary(final, print_fn=summary_text.append)
@@ -396,6 +536,18 @@ def cmd_compress(args, out):
         }
     )
     return EXIT_OK
+
+
+def _check_finite_weights(model):
+    """Raises rather than let a model with NaN or infinite weights be written."""
+    import numpy as np
+
+    for weight in model.weights:
+        if not np.all(np.isfinite(np.asarray(weight))):
+            raise FloatingPointError(
+                f"the compressed model's weight {weight.path} holds NaN or infinite values; "
+                "nothing was written"
+            )
 
 
 def _layer_row(row):
@@ -755,14 +907,6 @@ def cmd_search(args, out):
 
 
 def _check_search_args(args):
-    if args.max_trials < 1:
-        raise UsageError(f"--max-trials must be >= 1, got {args.max_trials}")
-    if args.epochs < 0:
-        raise UsageError(f"--epochs must be >= 0, got {args.epochs}")
-    for name in ("max_drop", "accuracy_floor"):
-        value = getattr(args, name)
-        if value is not None and not 0 <= value <= 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
     if args.qat != "none" and args.prune != "unstructured":
         raise UsageError(
             f"--prune {args.prune} shrinks every trial's model, which drops the quantizers "
@@ -811,7 +955,6 @@ def cmd_export(args, out):
     quantize = None if args.quantize == "none" else args.quantize
     if quantize == "int8" and not args.data:
         raise UsageError("--quantize int8 needs --data (calibration inputs from x_train)")
-    _check_out_file(args.out)
     model = load_model(args.model)
     data = load_data(args.data, model, require_labels=False) if args.data else None
     x_cal = None
@@ -859,8 +1002,6 @@ def cmd_bench(args, out):
     import numpy as np
 
     path = args.model
-    if not os.path.isfile(path):
-        raise UsageError(f"model file not found: {path}")
     if path.endswith(".tflite"):
         import tflite_export as te
 
@@ -968,8 +1109,9 @@ def build_parser():
     p.add_argument("model", help="the trained .keras model")
     p.add_argument("--data", required=True, help=".npz with x_train, y_train, x_val, y_val")
     p.add_argument("--scheme", required=True, help=scheme_grammar.HELP)
-    p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs (default 1)")
-    p.add_argument("--batch-size", type=int, default=32, help=argparse.SUPPRESS)
+    p.add_argument("--epochs", type=_int_at_least(0), default=1,
+                   help="fine-tuning epochs (default 1)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=32, help=argparse.SUPPRESS)
     p.add_argument(
         "--fine-tune", choices=("mask", "lc", "distill", "none"), default="mask",
         help="mask: fine-tune with the masks enforced (default); lc: Condensa's L-C optimizer "
@@ -996,18 +1138,20 @@ def build_parser():
     p.add_argument("model", help="the trained .keras model")
     p.add_argument("--data", required=True, help=".npz with x_train, y_train, x_val, y_val")
     floor = p.add_mutually_exclusive_group(required=True)
-    floor.add_argument("--accuracy-floor", type=float, help="absolute validation accuracy floor")
+    floor.add_argument("--accuracy-floor", type=_fraction,
+                       help="absolute validation accuracy floor")
     floor.add_argument(
-        "--max-drop", type=float, help="floor = dense validation accuracy minus this (e.g. 0.01)"
+        "--max-drop", type=_fraction, help="floor = dense validation accuracy minus this (e.g. 0.01)"
     )
     p.add_argument("--objective", choices=_OBJECTIVES, default="tflite_bytes",
                    help="the cost to minimise (default tflite_bytes)")
     p.add_argument(
-        "--max-trials", type=int, default=10,
+        "--max-trials", type=_int_at_least(1), default=10,
         help="trials in all (default 10); the search ends sooner once the boundary is "
         "located (another trial expected to save under 4%%)",
     )
-    p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs per trial (default 1)")
+    p.add_argument("--epochs", type=_int_at_least(0), default=1,
+                   help="fine-tuning epochs per trial (default 1)")
     p.add_argument(
         "--fine-tune", choices=("mask", "lc", "distill"), default="mask",
         help="how each trial recovers accuracy: mask fine-tuning (default), Condensa's L-C "
@@ -1056,8 +1200,9 @@ def build_parser():
     )
     p.add_argument("model", help="a .keras model or a .tflite file")
     p.add_argument("--data", help=".npz; inputs from x_val (and accuracy for .keras)")
-    p.add_argument("--runs", type=int, default=200, help="timed runs (default 200)")
-    p.add_argument("--threads", type=int, default=1, help="LiteRT threads (default 1)")
+    p.add_argument("--runs", type=_int_at_least(1), default=200, help="timed runs (default 200)")
+    p.add_argument("--threads", type=_int_at_least(1), default=1,
+                   help="LiteRT threads (default 1)")
     p.set_defaults(run=cmd_bench)
 
     p = sub.add_parser(
@@ -1068,16 +1213,17 @@ def build_parser():
         "activations), verify it and compare it with the dense model.",
     )
     p.add_argument(
-        "--max-trials", type=int, default=10,
+        "--max-trials", type=_int_at_least(1), default=10,
         help="trials at most (default 10; fewer once the boundary is located)",
     )
-    p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per trial (default 2)")
+    p.add_argument("--epochs", type=_int_at_least(0), default=2,
+                   help="fine-tuning epochs per trial (default 2)")
     p.add_argument(
         "--out", default="demo_out", help="output directory, replaced (default demo_out)"
     )
     p.add_argument("--objective", choices=_OBJECTIVES, default="tflite_gzip_bytes",
                    help=argparse.SUPPRESS)
-    p.add_argument("--dense-epochs", type=int, default=20, help=argparse.SUPPRESS)
+    p.add_argument("--dense-epochs", type=_int_at_least(1), default=20, help=argparse.SUPPRESS)
     p.set_defaults(run=_cmd_demo)
     return parser
 
@@ -1102,6 +1248,7 @@ def main(argv=None):
     _quiet_libraries()
     out = _Output(quiet=args.quiet, as_json=args.json)
     try:
+        check_paths(args)
         return args.run(args, out)
     except UsageError as e:
         print(f"keras-condensa {args.command}: error: {e}", file=sys.stderr, flush=True)

@@ -27,7 +27,7 @@ import numpy as np
 from keras import ops
 
 from keras_condensa import masking, prunable
-from keras_condensa.compiling import compile_like
+from keras_condensa.compiling import check_finite_data, check_finite_losses, compile_like
 from keras_condensa.operators.base import Operator
 
 
@@ -293,8 +293,9 @@ class LC:
             weights `theta`, compiled like `model`.
 
         Raises:
-            ValueError: `model` is not compiled, or `epochs`/`batch_size`
-                are not positive integers.
+            ValueError: `model` is not compiled, `epochs`/`batch_size`
+                are not positive integers, or `x`/`y` hold NaN or infinity.
+            FloatingPointError: the training loss became NaN or infinite.
         """
         from keras_condensa import surgery  # noqa: PLC0415 - surgery imports wrappers
 
@@ -309,6 +310,8 @@ class LC:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
         x, y = np.asarray(x), np.asarray(y)
+        check_finite_data("x", x)
+        check_finite_data("y", y)
 
         projector = self.scheme.apply(model)  # wrappers that compute theta; also validates
         inner = surgery.strip(model)  # a plain copy of model: the trained weights w
@@ -337,6 +340,7 @@ class LC:
             callbacks=[c_step],
         )
         self.mus = list(c_step.mus)
+        check_finite_losses(self.history, "L-C training")
         theta = c_step.c_step(update_multipliers=False)
         for (variable, _), value in zip(pairs, theta, strict=True):
             variable.assign(value)

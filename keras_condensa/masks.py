@@ -90,6 +90,14 @@ def global_keep_counts(scores, density, min_density=0.0, aligns=None):
             f"min_layer_density={min_density} keeps {sum(floors)} items but density={density} "
             f"allows only {budget} of {total}. Lower min_layer_density or raise density."
         )
+    if sum(floors) > budget:
+        raise ValueError(
+            f"density={density} keeps {budget} of {total} items, but each of the {len(scores)} "
+            f"pruned weights keeps at least one: no item would be kept in "
+            f"{len(scores) - budget} of them. The smallest density is "
+            f"{len(scores) / total:.3g} ({len(scores)} of {total}); raise density or prune "
+            "fewer layers (exclude=...)."
+        )
     fixed = set()
     while True:
         free = [i for i in range(len(scores)) if i not in fixed]

@@ -89,7 +89,7 @@ def _bad_data(root, name, **arrays):
     "case, message",
     [
         ("missing_model", "model file not found"),
-        ("corrupt_model", "cannot load model"),
+        ("corrupt_model", "not a valid .keras archive"),
         ("missing_arrays", "lacks the arrays y_val"),
         ("wrong_shape", "expects (64,)"),
         ("label_too_big", "label 10"),

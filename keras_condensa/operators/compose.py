@@ -48,6 +48,26 @@ class Compose(Operator):
     def operators(self):
         return list(self._operators)
 
+    def apply(self, model):
+        """Returns a new model with the covered layers wrapped (see `Operator.apply`).
+
+        Raises:
+            ValueError: the list holds a post-training `Quantize`, which
+                quantizes a plain model after compression and has no wrapper
+                to build (it would silently become quantization-aware
+                training).
+        """
+        for op in self._operators:
+            if getattr(op, "mode", "qat") != "qat":
+                raise ValueError(
+                    f"Compose cannot apply {op!r}: post-training quantization runs "
+                    "keras.Model.quantize on a plain model after compression, not during "
+                    "fine-tuning. Compose the rest, fine-tune, strip, then apply it: "
+                    f"kc.Quantize({op.dtype!r}, mode='post_training').apply(kc.strip(model)); "
+                    f"or use kc.Quantize({op.dtype!r}) for quantization-aware training."
+                )
+        return super().apply(model)
+
     def selects(self, layer):
         return any(op.selects(layer) for op in self.operators())
 

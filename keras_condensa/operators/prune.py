@@ -3,7 +3,7 @@
 import numpy as np
 
 from keras_condensa import masks
-from keras_condensa.operators.base import PruningOperator
+from keras_condensa.operators.base import PruningOperator, is_real
 
 SCOPES = ("global", "layer")
 
@@ -14,7 +14,7 @@ def check_scope(scope):
 
 
 def check_min_density(min_layer_density):
-    if not isinstance(min_layer_density, (int, float)) or not 0 <= min_layer_density <= 1:
+    if not is_real(min_layer_density) or not 0 <= min_layer_density <= 1:
         raise ValueError(
             f"min_layer_density must be in [0, 1]. Received: min_layer_density={min_layer_density!r}"
         )

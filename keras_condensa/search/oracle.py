@@ -52,6 +52,7 @@ for distributed workers needs nothing else, and a reloaded oracle proposes
 exactly what an uninterrupted one would.
 """
 
+import json
 import math
 import numbers
 import os
@@ -62,8 +63,10 @@ import numpy as np
 import threadpoolctl
 from keras_tuner.engine import hyperparameters as hp_types
 from keras_tuner.engine import trial as trial_module
+from keras_tuner.src import utils as kt_utils
 from scipy.stats import qmc
 
+from keras_condensa.report import write_atomically
 from keras_condensa.search import acquisition
 from keras_condensa.search.constraint import Constraint
 from keras_condensa.search.surrogate import Surrogate
@@ -432,9 +435,9 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
         self._warned_infeasible = False
 
     def save(self):
-        """Saves the state to the project directory, when there is one."""
+        """Saves the state to the project directory, when there is one, atomically."""
         if _has_project_dir(self):
-            super().save()
+            write_json_atomically(self._get_oracle_fname(), self.get_state())
 
     def reload(self):
         """Reloads trials and state from the project directory.
@@ -452,7 +455,8 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
 
     def _save_trial(self, trial):
         if _has_project_dir(self):
-            super()._save_trial(trial)
+            path = os.path.join(self._get_trial_dir(trial.trial_id), "trial.json")
+            write_json_atomically(path, trial.get_state())
 
     # ------------------------------------------------------------------
     # Trials under the constraint.
@@ -964,6 +968,18 @@ def _is_ordered(hp):
     if isinstance(hp, hp_types.Choice):
         return bool(getattr(hp, "ordered", False))
     return isinstance(hp, (hp_types.Float, hp_types.Int))
+
+
+def write_json_atomically(path, obj):
+    """Writes `obj` as JSON to `path` through a temporary file and a rename.
+
+    Remote paths (`gs://...`, which Keras Tuner supports through TensorFlow's
+    file system) have no atomic rename and are written directly.
+    """
+    if "://" in str(path):
+        kt_utils.save_json(path, obj)
+    else:
+        write_atomically(path, json.dumps(obj))
 
 
 def _has_project_dir(oracle):

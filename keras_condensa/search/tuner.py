@@ -8,10 +8,13 @@ is: build a compression scheme from the trial's hyperparameters, apply it to
 the user's model, fine-tune, strip, and measure accuracy and cost.
 """
 
+import hashlib
+import json
 import math
 import numbers
 import os
 import time
+import warnings
 
 import keras
 import keras_tuner
@@ -20,12 +23,17 @@ from keras_tuner import errors as kt_errors
 
 from keras_condensa.bench import keras_latency_ms
 from keras_condensa.callbacks import callbacks as scheme_callbacks
+from keras_condensa.compiling import check_finite_data
 from keras_condensa.distill import Distiller
 from keras_condensa.lc import LC
 from keras_condensa.lc import check_options as check_lc_options
 from keras_condensa.masking import is_graph_model
 from keras_condensa.search.constraint import Constraint
-from keras_condensa.search.oracle import ConstrainedBayesianOracle, trial_metric
+from keras_condensa.search.oracle import (
+    ConstrainedBayesianOracle,
+    trial_metric,
+    write_json_atomically,
+)
 from keras_condensa.shrink import shrink as shrink_model
 from keras_condensa.summary import summary as model_summary
 from keras_condensa.surgery import strip
@@ -49,6 +57,8 @@ _FINE_TUNE_OPTIONS = {
 EXPORT_METRICS = ("tflite_bytes", "tflite_gzip_bytes", "litert_latency_ms")
 
 _MODEL_FILE = "model.keras"
+# What a project was searched for (model, data, scheme), beside Keras Tuner's own state.
+_FINGERPRINT_FILE = "fingerprint.json"
 _TFLITE_FILE = "model.tflite"
 _COMPLETED = keras_tuner.engine.trial.TrialStatus.COMPLETED
 
@@ -301,6 +311,10 @@ class CompressionTuner(keras_tuner.Tuner):
             max_consecutive_failed_trials=max_consecutive_failed_trials,
         )
         oracle.verbose = verbose
+        fingerprint = self._fingerprint(hp, objective)
+        project_dir = os.path.join(str(directory or "."), project_name or "untitled_project")
+        if not overwrite:
+            _check_fingerprint(project_dir, fingerprint)
         super().__init__(
             oracle=oracle,
             hypermodel=None,
@@ -308,6 +322,8 @@ class CompressionTuner(keras_tuner.Tuner):
             project_name=project_name,
             overwrite=overwrite,
         )
+        if not os.path.exists(os.path.join(self.project_dir, _FINGERPRINT_FILE)) or overwrite:
+            write_json_atomically(os.path.join(self.project_dir, _FINGERPRINT_FILE), fingerprint)
         self._deadline = None
 
     # ------------------------------------------------------------------
@@ -327,6 +343,34 @@ class CompressionTuner(keras_tuner.Tuner):
             self.on_search_end()
         finally:
             self._deadline = None
+
+    def save(self):
+        """Saves the oracle's and this tuner's state, each file through a temporary name.
+
+        An interruption while saving leaves the previous state whole, never
+        an empty or partial JSON file.
+        """
+        if not self._is_worker():
+            self.oracle.save()
+        write_json_atomically(self._get_tuner_fname(), self.get_state())
+
+    def reload(self):
+        """Reloads the project; an unreadable `oracle.json` is rebuilt from the trial files.
+
+        Each trial's own `trial.json` holds its hyperparameters, status and
+        metrics, so completed trials survive a damaged oracle state (one
+        emptied by a crash of an older version while it was written).
+        """
+        try:
+            super().reload()
+        except ValueError as error:  # json.JSONDecodeError: an empty or partial oracle.json
+            warnings.warn(
+                f"The search state in {self.project_dir} was unreadable ({error}); rebuilt it "
+                f"from the {len(self.oracle.trials)} trial files.",
+                UserWarning,
+                stacklevel=2,
+            )
+            _rebuild_oracle_state(self.oracle)
 
     def pre_create_trial(self):
         if self._deadline is not None and time.monotonic() >= self._deadline:
@@ -576,6 +620,38 @@ class CompressionTuner(keras_tuner.Tuner):
         _check_finite(lc.history, trial)
         return final
 
+    def _fingerprint(self, hp, objective):
+        """Digests of what a project's trials depend on: model, data and scheme."""
+        model = hashlib.sha256(json.dumps(_config_of(self.model), sort_keys=True).encode())
+        for weight in self.model.weights:
+            model.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+        data = hashlib.sha256()
+        for array in (self.x_train, self.y_train, self.x_val, self.y_val):
+            data.update(f"{array.shape}{array.dtype}".encode())
+            data.update(np.ascontiguousarray(array).tobytes())
+        try:
+            example = repr(self.scheme(hp))
+        except Exception as e:  # The defaults may be invalid; the space still says a lot.
+            example = type(e).__name__
+        setup = {
+            "space": hp.get_config(),
+            "scheme": example,
+            "objective": objective.name,
+            "fine_tune": self.fine_tune,
+            "fine_tune_epochs": self.fine_tune_epochs,
+            "fine_tune_options": self.fine_tune_options,
+            "shrink": self.shrink,
+            "quantize": self.quantize,
+        }
+        scheme = hashlib.sha256(json.dumps(setup, sort_keys=True, default=str).encode())
+        return {
+            "model": model.hexdigest(),
+            "data": data.hexdigest(),
+            "scheme": scheme.hexdigest(),
+            "model_name": self.model.name,
+            "params": int(self.model.count_params()),
+        }
+
     def _export(self, model, trial_dir):
         import tflite_export as te  # Lazily: TensorFlow only when exporting.
 
@@ -592,6 +668,59 @@ class CompressionTuner(keras_tuner.Tuner):
         }
 
 
+def _config_of(model):
+    try:
+        return json.loads(json.dumps(model.get_config(), default=str))
+    except Exception:  # A subclassed model without get_config: its class and weights.
+        return {"class": type(model).__qualname__}
+
+
+def _check_fingerprint(project_dir, fingerprint):
+    """Raises unless the project in `project_dir` (if any) was searched for the same inputs."""
+    path = os.path.join(project_dir, _FINGERPRINT_FILE)
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        saved = {}
+    changed = [k for k in ("model", "data", "scheme") if saved.get(k) != fingerprint[k]]
+    if changed:
+        what = {"model": "another model", "data": "other data", "scheme": "another scheme"}
+        other = (
+            f" ('{saved.get('model_name')}', {saved.get('params'):,} parameters; this one "
+            f"'{fingerprint['model_name']}' has {fingerprint['params']:,})"
+            if "model" in changed and saved.get("params") is not None
+            else ""
+        )
+        raise ValueError(
+            f"The project in {project_dir} is a search of "
+            f"{' and '.join(what[k] for k in changed)}{other}; resuming it would return that "
+            "search's models. Pass overwrite=True (--overwrite) to start afresh, or choose "
+            "another directory or project_name."
+        )
+
+
+def _rebuild_oracle_state(oracle):
+    """Sets `oracle`'s state from its trials (loaded from their files), as a reload would."""
+    trials = sorted(oracle.trials.values(), key=lambda t: int(t.trial_id))
+    hashes = {t.trial_id: oracle._compute_values_hash(t.hyperparameters.values) for t in trials}
+    for trial in trials:
+        oracle.hyperparameters.merge(trial.hyperparameters.space)
+    state = oracle.get_state()
+    state.update(
+        ongoing_trials={},
+        start_order=[t.trial_id for t in trials],
+        end_order=[t.trial_id for t in trials if t.status != "RUNNING"],
+        run_times={t.trial_id: 1 for t in trials},
+        retry_queue=[t.trial_id for t in trials if t.status == "RUNNING"],
+        tried_so_far=sorted(set(hashes.values())),
+        id_to_hash=hashes,
+    )
+    oracle.set_state(state)
+
+
 def _unpack(name, data):
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise ValueError(
@@ -603,6 +732,8 @@ def _unpack(name, data):
             f"`{name}` must hold as many samples in x as in y, at least one. "
             f"Received: {len(x)} and {len(y)}."
         )
+    check_finite_data(f"`{name}` x", x)
+    check_finite_data(f"`{name}` y", y)
     return x, y
 
 
