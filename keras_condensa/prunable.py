@@ -32,6 +32,9 @@ class PruneSpec:
         reduction_axes: per weight, the input (reduction) axis along which N:M
             groups run; a weight missing here is not N:M-prunable.
         bias: attribute path of the bias that belongs to the output channels.
+        prefix: for a layer nested in a custom layer, its attribute path there
+            (every path above starts with it); `""` for a layer of the
+            model's graph.
     """
 
     weights: tuple[str, ...]
@@ -40,6 +43,7 @@ class PruneSpec:
     channel_axes: tuple[int, ...] = ()
     reduction_axes: dict = dataclasses.field(default_factory=dict)
     bias: str | None = None
+    prefix: str = ""
 
 
 class PrunableLayer:
@@ -83,11 +87,38 @@ def register_prunable(layer_class, spec_fn):
 
 
 def resolve(layer, path):
-    """Returns the object at attribute `path` ("cell.kernel") of `layer`."""
+    """Returns the object at attribute `path` of `layer`.
+
+    A path is dotted attribute names (`"cell.kernel"`); a list or dict of
+    sublayers is indexed by position or key (`"blocks.0.kernel"`).
+    """
     obj = layer
     for name in path.split("."):
-        obj = getattr(obj, name)
+        if isinstance(obj, (list, tuple)) and name.isdigit():
+            obj = obj[int(name)]
+        elif isinstance(obj, dict) and name in obj:
+            obj = obj[name]
+        else:
+            obj = getattr(obj, name)
     return obj
+
+
+def prefixed(spec, prefix):
+    """`spec` with every path under `prefix` (a sublayer's attribute path in its container)."""
+    if not prefix:
+        return spec
+
+    def under(path):
+        return f"{prefix}.{path}" if path else path
+
+    return dataclasses.replace(
+        spec,
+        weights=tuple(under(w) for w in spec.weights),
+        channel_weight=under(spec.channel_weight),
+        reduction_axes={under(w): a for w, a in spec.reduction_axes.items()},
+        bias=under(spec.bias),
+        prefix=under(spec.prefix) if spec.prefix else prefix,
+    )
 
 
 def _has_weight(layer, path):
@@ -109,11 +140,19 @@ def prune_spec(layer):
     return None
 
 
-def unsupported_reason(layer):
-    """Says why a weighted layer is not prunable (for `kc.summary`)."""
+def not_pruned_reason(layer):
+    """Why a layer of a known kind is never pruned (normalization layers), else `None`."""
     for cls, reason in _NOT_PRUNED:
         if isinstance(layer, cls):
             return reason
+    return None
+
+
+def unsupported_reason(layer):
+    """Says why a weighted layer is not prunable (for `kc.summary`)."""
+    reason = not_pruned_reason(layer)
+    if reason is not None:
+        return reason
     return (
         f"no prunable weights are known for {type(layer).__name__}: register it with "
         "kc.register_prunable or implement kc.PrunableLayer"

@@ -5,13 +5,13 @@ import dataclasses
 import numpy as np
 from keras import ops
 
-from keras_condensa import masking, prunable
+from keras_condensa import masking, reach
 from keras_condensa.wrappers import CompressionWrapper
 
 
 @dataclasses.dataclass(frozen=True)
 class LayerRow:
-    """One weighted layer of a summary."""
+    """One weighted layer of a summary (a layer nested in a custom layer has its own row)."""
 
     name: str
     class_name: str
@@ -21,6 +21,7 @@ class LayerRow:
     bytes: int
     masked_params: int = 0
     masked_nonzeros: int = 0
+    covered_params: int = 0
 
     @property
     def density(self):
@@ -60,43 +61,62 @@ class Summary:
         return sum(r.masked_nonzeros for r in self.rows)
 
     @property
+    def covered_params(self):
+        """Parameters a scheme reaches (masked or quantized)."""
+        return sum(r.covered_params for r in self.rows)
+
+    @property
+    def coverage(self):
+        """The fraction of the parameters that a scheme reaches."""
+        return self.covered_params / self.params if self.params else 0.0
+
+    @property
     def masked_density(self):
         """Density over the masked weights only (what a scheme's density asks for)."""
         params = sum(r.masked_params for r in self.rows)
         return sum(r.masked_nonzeros for r in self.rows) / params if params else 1.0
 
     def __str__(self):
-        header = f"{'layer':<28}{'class':<22}{'params':>10}{'nonzeros':>10}{'density':>9}{'bytes':>11}"
+        # Nested layers are named by their path ("transformer_layer_0/query"): the column fits them.
+        width = max([28] + [len(r.name) + 2 for r in self.rows])
+        header = f"{'layer':<{width}}{'class':<22}{'params':>10}{'nonzeros':>10}{'density':>9}{'bytes':>11}"
         lines = [header, "-" * len(header)]
         for r in self.rows:
             mark = "*" if r.pruned else " "
             lines.append(
-                f"{mark}{r.name[:27]:<27}{r.class_name[:21]:<22}{r.params:>10,}{r.nonzeros:>10,}"
+                f"{mark}{r.name:<{width - 1}}{r.class_name[:21]:<22}{r.params:>10,}{r.nonzeros:>10,}"
                 f"{r.density:>9.3f}{r.bytes:>11,}"
             )
         lines.append("-" * len(header))
         lines.append(
-            f"{'total':<50}{self.params:>10,}{self.nonzeros:>10,}{self.density:>9.3f}{self.bytes:>11,}"
+            f"{'total':<{width + 22}}{self.params:>10,}{self.nonzeros:>10,}{self.density:>9.3f}"
+            f"{self.bytes:>11,}"
         )
         if any(r.pruned for r in self.rows):
             lines.append(f"* pruned layer; density of the masked weights: {self.masked_density:.4f}")
+        if self.covered_params:
+            lines.append(
+                f"covered by the scheme: {self.covered_params:,} of {self.params:,} parameters "
+                f"({self.coverage:.1%})"
+            )
         for name, reason in self.skipped.items():
             lines.append(f"left dense: {name}: {reason}")
         return "\n".join(lines)
 
 
-def _row(layer, weights, masked=()):
+def _row(unit, weights, masked=(), covered=()):
     arrays = [np.asarray(ops.convert_to_numpy(w)) for w in weights]
     masked_arrays = [a for a, w in zip(arrays, weights) if id(w) in masked]
     return LayerRow(
-        name=layer.name,
-        class_name=type(layer).__name__,
-        pruned=bool(masked),
+        name=unit.name,
+        class_name=type(unit.layer).__name__,
+        pruned=bool(masked_arrays),
         params=int(sum(a.size for a in arrays)),
         nonzeros=int(sum(np.count_nonzero(a) for a in arrays)),
         bytes=int(sum(a.nbytes for a in arrays)),
         masked_params=int(sum(a.size for a in masked_arrays)),
         masked_nonzeros=int(sum(np.count_nonzero(a) for a in masked_arrays)),
+        covered_params=int(sum(a.size for a, w in zip(arrays, weights) if id(w) in covered)),
     )
 
 
@@ -122,19 +142,24 @@ def summary(model, print_fn=print):
     """
     rows, skipped = [], {}
     wrapped = any(True for _ in masking.iter_wrappers(model))
-    for layer in masking.iter_leaf_layers(model):
-        if isinstance(layer, CompressionWrapper):
-            masked = {id(layer.weight(p)): layer.masked_value(p) for p in layer.masked_weights}
-            weights = [masked.get(id(w), w) for w in layer.layer.weights]
-            rows.append(_row(layer.layer, weights, masked={id(v) for v in masked.values()}))
-        elif layer.weights:
-            rows.append(_row(layer, layer.weights))
-            if not wrapped:
-                continue
-            spec = prunable.prune_spec(layer)
-            skipped[layer.name] = (
-                "not covered by the scheme" if spec else prunable.unsupported_reason(layer)
-            )
+    for container in masking.containers(model):
+        masked, quantized = {}, set()
+        if isinstance(container, CompressionWrapper):
+            masked = {id(container.weight(p)): container.masked_value(p) for p in container.masked_weights}
+            quantized = {id(container.weight(p)) for p in container.quantized_weights}
+            container = container.layer
+        for unit in reach.units(container):
+            weights = [masked.get(id(v), v) for v in unit.variables]
+            masked_ids = {id(masked[id(v)]) for v in unit.variables if id(v) in masked}
+            covered_ids = masked_ids | {id(v) for v in unit.variables if id(v) in quantized}
+            rows.append(_row(unit, weights, masked=masked_ids, covered=covered_ids))
+            if wrapped and not covered_ids:
+                skipped[unit.name] = (
+                    "not covered by the scheme" if unit.spec is not None else unit.reason
+                )
+    never = masking.warn_never_pruned(model)
+    for name in never:
+        skipped[name] = "its pruning schedule never ran: fit with callbacks=kc.callbacks(scheme)"
     result = Summary(rows=tuple(rows), skipped=skipped)
     if print_fn is not None:
         print_fn(str(result))

@@ -62,6 +62,29 @@ def _search_args(files, model, out, *extra):
 # Schemes: refused when they cannot do what they say; any real number is a number.
 
 
+def test_scheduled_pruning_fitted_without_its_callbacks_is_reported(digits):
+    x, y, _, _ = digits
+    scheme = kc.Prune(0.1, schedule=kc.PolynomialDecay(end_step=0.8, frequency=5))
+    pruned = scheme.apply(_dense(32))
+    pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned.fit(x, y, epochs=1, batch_size=64, verbose=0)  # no callbacks=kc.callbacks(scheme)
+    with pytest.warns(UserWarning, match=r"pruning schedule that never ran.*callbacks=kc.callbacks"):
+        info = kc.summary(pruned, print_fn=None)
+    assert "never ran" in info.skipped["fc1"]
+    with pytest.warns(UserWarning, match="never ran"):
+        kc.strip(pruned)
+    pruned.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=kc.callbacks(scheme))
+    assert masking.never_pruned(pruned) == []
+    assert kc.summary(pruned, print_fn=None).masked_density == pytest.approx(0.1, abs=0.01)
+
+
+def test_exclude_naming_an_unknown_layer_is_refused_like_include():
+    with pytest.raises(ValueError, match=r"exclude=\.\.\.\) names layers that are not in.*'logit'"):
+        kc.Prune(0.5, exclude=["logit"]).apply(_dense(16))
+    pruned = kc.Prune(0.5, exclude=["logits"]).apply(_dense(16))
+    assert [w.layer.name for w in masking.iter_wrappers(pruned)] == ["fc1"]
+
+
 def test_compose_refuses_post_training_quantization():
     scheme = kc.Compose([kc.Prune(0.5), kc.Quantize("int8", mode="post_training")])
     with pytest.raises(ValueError, match=r"post-training quantization.*kc\.strip"):

@@ -6,6 +6,10 @@ is an operator or a `Compose` of operators; `scheme.apply(model)` returns a
 new model whose covered layers are wrapped (see `keras_condensa.surgery`).
 """
 
+import numbers
+
+import numpy as np
+
 from keras_condensa import prunable
 from keras_condensa.schedules import PruningSchedule
 
@@ -25,14 +29,19 @@ def _as_selector(name, value):
 
 
 def _matches(layer, selectors):
-    return any(
-        layer.name == s if isinstance(s, str) else isinstance(layer, s) for s in selectors
-    )
+    """Whether a selector names `layer` (its name, or its Keras path for a nested layer) or its class."""
+    names = (layer.name, getattr(layer, "path", None))
+    return any(s in names if isinstance(s, str) else isinstance(layer, s) for s in selectors)
+
+
+def is_real(value):
+    """Whether `value` is a real number: Python's or NumPy's (`np.float32(0.5)`), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def check_density(density, name="density"):
-    """Raises unless `density` is a number in (0, 1]."""
-    if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density <= 1:
+    """Raises unless `density` is a real number (Python or NumPy) in (0, 1]."""
+    if not is_real(density) or not 0 < density <= 1:
         raise ValueError(
             f"{name} is the fraction of weights to keep and must be in (0, 1]. "
             f"Received: {name}={density!r}"
