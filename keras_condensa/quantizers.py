@@ -27,15 +27,23 @@ def _straight_through(x, quantized):
     return x + ops.stop_gradient(quantized - x)
 
 
+def _nonzero_limit(limit):
+    # A channel (or tensor) of zeros, pruned away or folded to nothing, gets the
+    # range [-1, 1]: its zeros stay exact, and its bias, which the int8 file
+    # stores in int32 units of input scale x weight scale, stays in int32
+    # (a near-zero weight scale would saturate it and change the result).
+    return ops.where(limit > _EPSILON, limit, ops.ones_like(limit))
+
+
 def symmetric_max(weight, axes=()):
     """max |w| over all entries (per tensor) or per channel of `axes` (flattened)."""
     if not axes:
-        return ops.maximum(ops.max(ops.abs(weight)), _EPSILON)
+        return _nonzero_limit(ops.max(ops.abs(weight)))
     rank = len(weight.shape)
     axes = tuple(sorted(a % rank for a in axes))
     reduce = tuple(a for a in range(rank) if a not in axes)
     per_channel = ops.max(ops.abs(weight), axis=reduce)
-    return ops.maximum(ops.reshape(per_channel, (-1,)), _EPSILON)
+    return _nonzero_limit(ops.reshape(per_channel, (-1,)))
 
 
 def fake_quant_weight(weight, dtype, axes=()):

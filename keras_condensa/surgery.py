@@ -5,19 +5,28 @@
 is never modified.
 """
 
+import inspect
 import logging
+import math
+import warnings
 
 import keras
 from keras import ops
 
-from keras_condensa import masking, prunable
+from keras_condensa import activation_ranges, batchnorm_fold, compiling, masking, prunable, reach
 from keras_condensa.wrappers import CompressionWrapper
 
 logger = logging.getLogger("keras_condensa")
 
 
-def check_model(model):
-    """Raises a clear error unless `model` is a built Sequential or functional Keras 3 model."""
+def check_model(model, subclassed=False):
+    """Raises a clear error unless `model` is a built Keras 3 model.
+
+    Args:
+        model: the model to check.
+        subclassed: whether a subclassed `keras.Model` is accepted (`apply`
+            takes one; `strip`, `shrink` and `LC` take what `apply` returns).
+    """
     if not isinstance(model, keras.Model):
         module = type(model).__module__
         if module.startswith(("tf_keras", "tensorflow.python.keras", "keras.engine", "keras.src.engine")):
@@ -29,25 +38,46 @@ def check_model(model):
                 "keras.saving.load_model."
             )
         raise TypeError(f"Expected a keras.Model. Received: {type(model).__name__}")
-    if not masking.is_graph_model(model):
+    if not subclassed and not masking.is_graph_model(model):
         raise TypeError(
             f"Model '{model.name}' ({type(model).__name__}) is a subclassed keras.Model: its layers "
-            "are created and called in Python code that keras-condensa cannot rewire. Build it as a "
-            "Sequential or functional model (keras.Model(inputs, outputs)), which can contain "
-            "your custom layers."
+            "are created and called in Python code that this function cannot rewire. Pass the model "
+            "that scheme.apply(model) returned (a functional model around a copy of yours), or "
+            "build the model as a Sequential or functional model."
         )
     if not model.built:
         raise ValueError(
-            f"Model '{model.name}' is not built. Give it an Input (keras.Input(shape)) or call "
-            "model.build(input_shape) first."
+            f"Model '{model.name}' is not built. Give it an Input (keras.Input(shape)), call it "
+            "once on a batch, or call model.build(input_shape) first."
         )
 
 
+def _constructor_config(layer, config):
+    """`config` without the keys that `layer`'s constructor does not take, or `None`."""
+    parameters = inspect.signature(type(layer).__init__).parameters
+    known = {n for n, p in parameters.items() if p.kind is not p.VAR_KEYWORD}
+    known |= {"name", "trainable", "dtype"}
+    kept = {k: v for k, v in config.items() if k in known}
+    return kept if len(kept) < len(config) else None
+
+
 def _copy_layer(layer):
-    """A new, unbuilt layer with the same config (weights are copied later)."""
+    """A new, unbuilt layer with the same config (weights are copied later).
+
+    Some layers' `get_config` carries derived values their constructor does
+    not take (KerasHub's `ViTPatchingAndEmbedding` returns `num_patches`):
+    those keys are dropped and the copy is tried again.
+    """
+    config = layer.get_config()
     try:
-        return layer.__class__.from_config(layer.get_config())
+        return layer.__class__.from_config(config)
     except Exception as error:  # noqa: BLE001 - re-raised with the layer named
+        trimmed = _constructor_config(layer, config)
+        if trimmed is not None:
+            try:
+                return layer.__class__.from_config(trimmed)
+            except Exception:  # noqa: BLE001, S110 - the first error is the one to report
+                pass
         raise TypeError(
             f"Cannot copy layer '{layer.name}' ({type(layer).__name__}): from_config(get_config()) "
             f"failed with: {error}. Give the layer a complete get_config()."
@@ -69,16 +99,26 @@ def _clone(model, clone_layer):
         copies.append(copy_weights)
         return new_layer
 
-    clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    compiled = getattr(model, "compiled", False)
+    # clone_model recompiles the copy from the compile config, which cannot rebuild a
+    # plain Python loss function: compile it from the live objects instead.
+    model.compiled = False
+    try:
+        clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    finally:
+        model.compiled = compiled
     for copy_weights in copies:
         copy_weights()
+    if compiled:
+        compiling.compile_like(clone, model)
     return clone
 
 
 def _prebuild(source, target):
     build_config = source.get_build_config()
-    if source.built and build_config:
+    if source.built and build_config and not target.built:
         target.build_from_config(build_config)
+    reach.copy_names(source, target)
 
 
 def _plain_copy(layer):
@@ -87,66 +127,192 @@ def _plain_copy(layer):
     return new, lambda: new.set_weights(layer.get_weights())
 
 
-def _merge(arguments, new, layer):
-    """Merges one operator's wrapper arguments into a layer's."""
+def _merge(arguments, new, unit):
+    """Merges one operator's wrapper arguments for `unit` into its container's."""
     masked = list(arguments.get("masked_weights", ()))
-    masked += [p for p in new.pop("masked_weights", ()) if p not in masked]
+    masked += [p for p in new.get("masked_weights", ()) if p not in masked]
     if masked:
         arguments["masked_weights"] = masked
-    if new.get("quantize") and arguments.get("quantize"):
-        raise ValueError(
-            f"Layer '{layer.name}' is quantized twice ({arguments['quantize']} and "
-            f"{new['quantize']}); give each layer one Quantize (use include=/exclude=)."
+    if new.get("scheduled"):
+        arguments["scheduled"] = True
+    if not new.get("quantize"):
+        return
+    quantized = arguments.setdefault("quantized_weights", {})
+    twice = [p for p in new["quantized_weights"] if p in quantized]
+    dtype = arguments.get("quantize")
+    if twice or (dtype and dtype != new["quantize"]):
+        what = f"is quantized twice ({dtype} and {new['quantize']})" if twice else (
+            f"holds layers quantized to {dtype} and to {new['quantize']}, and one custom layer "
+            "takes one dtype"
         )
-    arguments.update(new)
+        raise ValueError(
+            f"Layer '{unit.name}' {what}; give each layer one Quantize (use include=/exclude=)."
+        )
+    arguments["quantize"] = new["quantize"]
+    quantized.update(new["quantized_weights"])
+    # Activation ranges sit on the inputs and outputs of a layer of the graph; a
+    # layer nested in a custom layer has its weights quantized only.
+    activations = new.get("quantize_activations", False) and not unit.nested
+    arguments["quantize_activations"] = arguments.get("quantize_activations", False) or activations
 
 
-def _plan(scheme, model):
-    """Decides how each covered layer is wrapped: ({id(layer): wrapper arguments}, skipped)."""
-    plan, skipped, seen_names = {}, {}, set()
-    for layer in masking.iter_leaf_layers(model):
-        seen_names.add(layer.name)
-        if isinstance(layer, CompressionWrapper):
+def _plan(scheme, model, folded=()):
+    """Decides how each covered layer is wrapped.
+
+    Returns:
+        `(plan, skipped, unreached)`: `{id(container): wrapper arguments}`,
+        `{layer name: reason}` for weighted layers left as they are, and the
+        units that no operator can reach although one selects them.
+        `folded` names layers folded away before planning (BatchNorms folded into
+        their convolutions for integer QAT): include=/exclude= may still name them.
+    """
+    plan, skipped, unreached, seen_names = {}, {}, [], set(folded)
+    for container in masking.containers(model):
+        if isinstance(container, CompressionWrapper):
             raise ValueError(
-                f"Layer '{layer.layer.name}' is already wrapped by {type(layer).__name__} "
-                f"('{layer.name}'). Strip the model first (kc.strip(model)), or put all the "
+                f"Layer '{container.layer.name}' is already wrapped by {type(container).__name__} "
+                f"('{container.name}'). Strip the model first (kc.strip(model)), or put all the "
                 "operators in one kc.Compose([...]) and apply it to the original model."
             )
-        spec = prunable.prune_spec(layer)
-        for op in scheme.operators():
-            if not op.selects(layer):
-                continue
-            reason = op.reason_unsupported(layer, spec)
-            if reason is None:
-                _merge(plan.setdefault(id(layer), {}), op.wrapper_arguments(layer, spec), layer)
-            elif op.names_explicitly(layer):
-                raise ValueError(
-                    f"{type(op).__name__} cannot handle layer '{layer.name}' "
-                    f"({type(layer).__name__}): {reason}. Remove it from include=, or leave "
-                    f"include= unset and pass exclude=['{layer.name}']."
-                )
-            elif layer.weights:
-                skipped[layer.name] = f"{type(layer).__name__}: {reason}"
+        seen_names.add(container.name)
+        for unit in reach.units(container):
+            seen_names.update((unit.layer.name, unit.name))
+            selected = False
+            for op in scheme.operators():
+                if not op.selects(unit.layer):
+                    continue
+                selected = True
+                if unit.spec is None and unit.nested:
+                    reason = unit.reason  # a nested normalization layer or own variables
+                else:
+                    reason = op.reason_unsupported(unit.layer, unit.spec)
+                if reason is None:
+                    arguments = op.wrapper_arguments(unit.layer, unit.spec)
+                    if op.prunes and op.schedule is not None:
+                        arguments["scheduled"] = True
+                    _merge(plan.setdefault(id(container), {}), arguments, unit)
+                elif op.names_explicitly(unit.layer):
+                    raise ValueError(
+                        f"{type(op).__name__} cannot handle layer '{unit.name}' "
+                        f"({type(unit.layer).__name__}): {reason}. Remove it from include=, or "
+                        f"leave include= unset and pass exclude=['{unit.layer.name}']."
+                    )
+                else:
+                    skipped[unit.name] = f"{type(unit.layer).__name__}: {reason}"
+            if selected and unit.spec is None and prunable.not_pruned_reason(unit.layer) is None:
+                unreached.append(unit)
     for op in scheme.operators():
-        unknown = [s for s in op.include if isinstance(s, str) and s not in seen_names]
-        if unknown:
-            raise ValueError(
-                f"{type(op).__name__}(include=...) names layers that are not in model "
-                f"'{model.name}': {unknown}. Its layers are: {sorted(seen_names)}"
-            )
+        for argument in ("include", "exclude"):
+            unknown = [s for s in getattr(op, argument) if isinstance(s, str) and s not in seen_names]
+            if unknown:
+                raise ValueError(
+                    f"{type(op).__name__}({argument}=...) names layers that are not in model "
+                    f"'{model.name}': {unknown}. Its layers are: {sorted(seen_names)}"
+                )
     if not plan:
         why = "; ".join(f"'{n}' ({r})" for n, r in skipped.items()) or "no weighted layers"
         raise ValueError(
             f"The scheme {scheme!r} covers no layer of model '{model.name}': {why}. "
             "Check include=/exclude=, or choose an operator that supports these layers."
         )
-    return plan, skipped
+    return plan, skipped, unreached
+
+
+def _size(variable):
+    return math.prod(variable.shape)
+
+
+def _warn_unreached(scheme, model, unreached):
+    """Warns with the trainable parameters that no operator can reach, and the density reached."""
+    params = sum(_size(v) for unit in unreached for v in unit.variables if v.trainable)
+    if not params:
+        return
+    total = sum(_size(v) for v in model.trainable_weights)
+    names = ", ".join(f"{u.name} ({type(u.layer).__name__})" for u in unreached[:8])
+    more = f" and {len(unreached) - 8} more" if len(unreached) > 8 else ""
+    densities = []
+    for op in scheme.operators():
+        if op.prunes:
+            covered = sum(
+                _size(prunable.resolve(c, p)) for c, args in _masked_paths(model, op) for p in args
+            )
+            if covered:
+                reached = (op.density * covered + params) / (covered + params)
+                densities.append(
+                    f"{type(op).__name__}(density={op.density:g}) reaches about {reached:.3f} over "
+                    "the weights it was asked to cover"
+                )
+    warnings.warn(
+        f"The scheme cannot reach {params:,} trainable parameters ({params / max(total, 1):.1%} "
+        f"of model '{model.name}') in layers of kinds it does not know: {names}{more}. "
+        + ("; ".join(densities) + ". " if densities else "")
+        + "Register them with kc.register_prunable (or implement kc.PrunableLayer), or name them "
+        "in exclude= to leave them dense on purpose.",
+        stacklevel=4,
+    )
+
+
+def _masked_paths(model, op):
+    """`(container, paths)` of the weights `op` masks, by the plan's rules (before wrapping)."""
+    for container in masking.containers(model):
+        paths = []
+        for unit in reach.units(container):
+            if (unit.spec is not None or not unit.nested) and op.selects(unit.layer):
+                if op.reason_unsupported(unit.layer, unit.spec) is None:
+                    paths += list(op.paths(unit.layer, unit.spec))
+        if paths:
+            yield container, paths
+
+
+def _shell_inputs(model):
+    """`keras.Input`s shaped like the inputs a subclassed model was built with."""
+    config = model.get_build_config() or {}
+    shapes = config.get("input_shape")
+    if shapes is None:
+        raise ValueError(
+            f"Model '{model.name}' ({type(model).__name__}) is subclassed and was built from "
+            f"{sorted(config.get('shapes_dict', {})) or 'no recorded input shape'}: keras-condensa "
+            "needs the shape of its one input (a tensor, a list or a dict of tensors). Call it once "
+            "on a batch, model(x), or model.build(input_shape), before apply."
+        )
+    return keras.tree.map_shape_structure(
+        lambda shape: keras.Input(batch_shape=(None, *tuple(shape)[1:])), shapes
+    )
+
+
+def _wrap_subclassed(model, arguments):
+    """A functional model around a wrapped copy of a subclassed model (kc.strip unwraps it)."""
+    try:
+        inner = model.__class__.from_config(model.get_config())
+    except Exception as error:  # noqa: BLE001 - re-raised with what to do
+        raise TypeError(
+            f"Cannot copy subclassed model '{model.name}' ({type(model).__name__}): "
+            f"from_config(get_config()) failed with: {error}. keras-condensa never changes your "
+            "model in place, so it copies it: give the class a get_config() that returns its "
+            "constructor arguments (and a from_config() if they are not plain values)."
+        ) from error
+    _prebuild(model, inner)
+    inner.name = model.name
+    inner.set_weights(model.get_weights())
+    wrapper = CompressionWrapper(inner, **arguments)
+    inputs = _shell_inputs(model)
+    shell = keras.Model(inputs, wrapper(inputs), name=model.name)
+    shell._condensa_shell = True
+    return shell
 
 
 def apply_scheme(scheme, model):
-    """Returns a copy of `model` with the layers `scheme` covers wrapped and masks computed."""
-    check_model(model)
-    plan, skipped = _plan(scheme, model)
+    """Returns a copy of `model` with the layers `scheme` covers wrapped and masks computed.
+
+    Layers of the model's graph are wrapped where they are. A custom layer
+    (or a subclassed model) whose sublayers the scheme covers is wrapped as a
+    whole, with the nested weights named by their attribute paths.
+    """
+    check_model(model, subclassed=True)
+    names = {layer.name for layer in masking.containers(model)}
+    model = batchnorm_fold.fold_for_scheme(scheme, model)
+    plan, skipped, unreached = _plan(scheme, model, folded=names)
+    activation_ranges.place(scheme, model, plan)
 
     def clone_layer(layer):
         if id(layer) not in plan:
@@ -156,9 +322,13 @@ def apply_scheme(scheme, model):
         wrapper = CompressionWrapper(inner, **plan[id(layer)])
         return wrapper, lambda: wrapper.layer.set_weights(layer.get_weights())
 
-    clone = _clone(model, clone_layer)
+    if masking.is_graph_model(model):
+        clone = _clone(model, clone_layer)
+    else:
+        clone = _wrap_subclassed(model, plan[id(model)])
     if skipped:
         logger.info("Layers left dense: %s", "; ".join(f"{n}: {r}" for n, r in skipped.items()))
+    _warn_unreached(scheme, model, unreached)
     masking.update_masks(scheme, clone, masking.initial_densities(scheme))
     return clone
 
@@ -205,6 +375,7 @@ def strip(model, keep_quantization=True, shrink=False):
     ```
     """
     check_model(model)
+    masking.warn_never_pruned(model)
     if shrink:
         qat = [w.layer.name for w in masking.iter_wrappers(model) if w.quantize in ("int8", "int4")]
         if qat and keep_quantization:
@@ -233,6 +404,7 @@ def strip(model, keep_quantization=True, shrink=False):
                 quantized_weights=layer.quantized_weights,
                 quantize_activations=layer.quantize_activations,
                 range_decay=layer.range_decay,
+                activation_ranges=layer.activation_ranges,
                 name=layer.name,
             )
 
@@ -242,9 +414,15 @@ def strip(model, keep_quantization=True, shrink=False):
                 [ops.convert_to_numpy(values.get(id(w), w)) for w in layer.layer.weights]
             )
             if keep and layer.quantize_activations:
-                for name in ("input_range", "output_range", "ranges_initialized"):
-                    getattr(new, name).assign(ops.convert_to_numpy(getattr(layer, name)))
+                new.copy_ranges_from(layer)
 
         return new, copy_weights
 
-    return _clone(model, clone_layer)
+    stripped = _clone(model, clone_layer)
+    layers = [layer for layer in stripped.layers if not isinstance(layer, keras.layers.InputLayer)]
+    if getattr(model, "_condensa_shell", False) and len(layers) == 1:
+        if isinstance(layers[0], CompressionWrapper):
+            stripped._condensa_shell = True  # int8 QAT kept: a later strip can still unwrap
+        else:
+            return layers[0]  # the user's subclassed model, as it came in
+    return stripped

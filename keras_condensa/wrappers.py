@@ -17,6 +17,12 @@ from keras import ops
 
 from keras_condensa import prunable, quantizers
 
+ACTIVATION_PLACES = ("input", "activation", "output")
+# Activations whose int8 LiteRT kernels have a fixed output range: [min, max] of
+# the fake-quant that gives the kernel's scale (1/256 or 1/128) and zero point.
+FIXED_RANGES = {"sigmoid": (0.0, 255.0 / 256.0), "softmax": (0.0, 255.0 / 256.0),
+                "tanh": (-1.0, 127.0 / 128.0)}
+
 
 @contextlib.contextmanager
 def _swapped(swaps):
@@ -29,6 +35,16 @@ def _swapped(swaps):
     finally:
         for owner, attr, value in saved:
             object.__setattr__(owner, attr, value)
+
+
+def output_activation(layer):
+    """The name of the activation that makes a layer's output (`"linear"` if none)."""
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    activation = getattr(layer, "activation", None)
+    if activation is None:
+        return "linear"
+    return getattr(activation, "__name__", type(activation).__name__)
 
 
 def _is_float(x):
@@ -49,9 +65,20 @@ class CompressionWrapper(keras.layers.Wrapper):
         quantized_weights: `{path: channel axes}` of the weights to
             fake-quantize; `[]` axes means one scale per tensor.
         quantize_activations: for integer dtypes, also fake-quantize the
-            layer's float input and its output (8 bits) within ranges tracked
-            by a moving average during training and frozen at inference.
+            layer's activations (8 bits) within ranges tracked by a moving
+            average during training and frozen at inference.
+        activation_ranges: where those ranges go, a subset of
+            `("input", "activation", "output")`: the layer's float input, its
+            pre-activation value (a Dense/Conv with a non-ReLU activation such
+            as softmax), its output. `None` means input and output. Schemes
+            choose them so each tensor of the model has one range, where the
+            TFLite converter puts it (`keras_condensa.activation_ranges`).
+            The output of a sigmoid, softmax or tanh gets the fixed range
+            of its int8 LiteRT kernel.
         range_decay: weight of the old range in that moving average.
+        scheduled: whether a pruning schedule is to set the masks during
+            `fit` (with `kc.callbacks(scheme)`); `kc.strip` and `kc.summary`
+            warn when such masks were never set.
         **kwargs: base `Layer` arguments (name, ...).
 
     Example:
@@ -71,6 +98,8 @@ class CompressionWrapper(keras.layers.Wrapper):
         quantized_weights=None,
         quantize_activations=False,
         range_decay=0.99,
+        activation_ranges=None,
+        scheduled=False,
         **kwargs,
     ):
         kwargs.setdefault("name", f"{layer.name}_compressed")
@@ -87,6 +116,14 @@ class CompressionWrapper(keras.layers.Wrapper):
         self.quantized_weights = {p: tuple(a) for p, a in (quantized_weights or {}).items()}
         self.quantize_activations = bool(quantize_activations) and quantize in quantizers.BITS
         self.range_decay = float(range_decay)
+        self.scheduled = bool(scheduled)
+        places = ("input", "output") if activation_ranges is None else activation_ranges
+        if isinstance(places, str) or any(p not in ACTIVATION_PLACES for p in places):
+            raise ValueError(
+                f"activation_ranges of the wrapper around '{layer.name}' must be a list of "
+                f"{ACTIVATION_PLACES}. Received: activation_ranges={activation_ranges!r}"
+            )
+        self.activation_ranges = tuple(p for p in ACTIVATION_PLACES if p in places)
         if not self.masked_weights and not self.quantized_weights and not self.quantize_activations:
             raise ValueError(
                 f"CompressionWrapper around '{layer.name}' has nothing to do: give masked_weights "
@@ -125,6 +162,10 @@ class CompressionWrapper(keras.layers.Wrapper):
         if self.quantize_activations:
             self.input_range = self.add_weight(name="input_range", shape=(2,), initializer="zeros", trainable=False)
             self.output_range = self.add_weight(name="output_range", shape=(2,), initializer="zeros", trainable=False)
+            if "activation" in self.activation_ranges:
+                self.activation_range = self.add_weight(
+                    name="activation_range", shape=(2,), initializer="zeros", trainable=False
+                )
             self.ranges_initialized = self.add_weight(
                 name="ranges_initialized", shape=(), initializer="zeros", trainable=False
             )
@@ -143,10 +184,15 @@ class CompressionWrapper(keras.layers.Wrapper):
         return variable
 
     def masked_value(self, path):
-        """The weight at `path` with its mask applied (a tensor)."""
+        """The weight at `path` with its mask applied (a tensor).
+
+        Pruned positions are exactly zero whatever the weight holds there
+        (`NaN * 0` is `NaN`, so the mask selects rather than multiplies).
+        """
         value = self.weight(path)
         if path in self.masks:
-            value = ops.multiply(value, self.masks[path])
+            mask = ops.cast(self.masks[path], value.dtype)
+            value = ops.where(ops.equal(mask, 0), ops.zeros((), value.dtype), ops.multiply(value, mask))
         return value
 
     def effective_value(self, path):
@@ -161,9 +207,19 @@ class CompressionWrapper(keras.layers.Wrapper):
         for path in self.masked_weights:
             self.weight(path).assign(self.masked_value(path))
 
-    def _activation(self, x, value_range, training):
+    def copy_ranges_from(self, other):
+        """Copies the activation ranges `other` (a wrapper of the same layer) tracked."""
+        names = ["input_range", "output_range", "ranges_initialized"]
+        if "activation" in self.activation_ranges:
+            names.append("activation_range")
+        for name in names:
+            getattr(self, name).assign(ops.convert_to_numpy(getattr(other, name)))
+
+    def _activation(self, x, value_range, training, fixed=None):
         if not _is_float(x):
             return x
+        if fixed is not None:
+            return quantizers.fake_quant_activation(x, ops.convert_to_tensor(fixed, x.dtype))
         if training:
             value_range.assign(quantizers.track_range(value_range, x, self.ranges_initialized, self.range_decay))
         return quantizers.fake_quant_activation(x, value_range)
@@ -177,14 +233,23 @@ class CompressionWrapper(keras.layers.Wrapper):
             if value.dtype != compute_dtype and _is_float(value):
                 value = ops.cast(value, compute_dtype)  # mixed precision autocast
             swaps.append((owner, attr, value))
-        if self.quantize_activations:
+        places = self.activation_ranges if self.quantize_activations else ()
+        if "input" in places:
             inputs = self._activation(inputs, self.input_range, training)
+        activation = None
+        if "activation" in places:
+            # The linear part and the activation are two ops in the file, each with a range.
+            activation = self.layer.activation
+            swaps.append((self.layer, "activation", keras.activations.linear))
         with _swapped(swaps):
             outputs = self.layer(inputs, *args, **kwargs)
-        if self.quantize_activations:
-            outputs = self._activation(outputs, self.output_range, training)
-            if training:
-                self.ranges_initialized.assign(1.0)
+        if activation is not None:
+            outputs = activation(self._activation(outputs, self.activation_range, training))
+        if "output" in places:
+            fixed = FIXED_RANGES.get(output_activation(self.layer))
+            outputs = self._activation(outputs, self.output_range, training, fixed)
+        if places and training:
+            self.ranges_initialized.assign(1.0)
         return outputs
 
     def compute_mask(self, inputs, previous_mask=None):
@@ -198,5 +263,7 @@ class CompressionWrapper(keras.layers.Wrapper):
             quantized_weights={p: list(a) for p, a in self.quantized_weights.items()},
             quantize_activations=self.quantize_activations,
             range_decay=self.range_decay,
+            scheduled=self.scheduled,
+            activation_ranges=list(self.activation_ranges),
         )
         return config

@@ -18,11 +18,18 @@ class Quantize(Operator):
     - `"int8"`: quantization-aware training. Weights are fake-quantized
       symmetrically, one scale per output channel for convolutions and one per
       tensor for Dense and EinsumDense (per-channel fully connected weights do
-      not get through the TFLite converter of TensorFlow 2.21); the layer's
-      float input and its output are fake-quantized per tensor within ranges
-      tracked by a moving average during training and frozen at inference.
-      On the TensorFlow backend these are the `FakeQuantWithMinMaxVars` ops the
-      TFLite converter turns into int8 kernels.
+      not get through the TFLite converter of TensorFlow 2.21); activations
+      are fake-quantized per tensor within ranges tracked by a moving average
+      during training and frozen at inference. On the TensorFlow backend these
+      are the `FakeQuantWithMinMaxVars` ops the TFLite converter turns into
+      int8 kernels, and `apply` places them so that the int8 file computes
+      what the Keras model computes, with the ops post-training int8 gives:
+      a BatchNormalization after a Conv, DepthwiseConv or Dense is folded
+      into its kernel and bias from the moving statistics (freeze and fold,
+      `keras_condensa.batchnorm_fold`); each tensor gets one range, put after
+      a ReLU/ReLU6 the converter fuses into the layer before it, and layers
+      without weights that compute (Add, Multiply, pooling, activations) get
+      theirs (`keras_condensa.activation_ranges`).
     - `"int4"`: 4-bit weights, one scale per output channel; activations int8.
 
     Symmetric weights keep zero exactly representable, so pruned zeros stay
