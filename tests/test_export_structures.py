@@ -148,12 +148,15 @@ def test_dynamic_sequence_length_is_a_clear_error_naming_the_input(tmp_path):
         te.export(model, tmp_path / "m.tflite")
 
 
-@pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow",
-    reason="kc.Quantize/kc.Prune cannot yet wrap Embedding or LSTM/GRU under JAX (core bug: "
-    "the wrapper's symbolic call cannot convert the swapped cell variable)",
-)
-@pytest.mark.parametrize("rnn", [keras.layers.LSTM, keras.layers.GRU])
+RECURRENT = {
+    "lstm": lambda: keras.layers.LSTM(16, name="recurrent"),
+    "gru": lambda: keras.layers.GRU(16, name="recurrent"),
+    "bidirectional_lstm": lambda: keras.layers.Bidirectional(keras.layers.LSTM(16), name="recurrent"),
+    "bidirectional_gru": lambda: keras.layers.Bidirectional(keras.layers.GRU(16), name="recurrent"),
+}
+
+
+@pytest.mark.parametrize("rnn", sorted(RECURRENT))
 def test_recurrent_qat_int8_agrees_with_keras_and_is_smaller_than_float(rnn, tmp_path):
     import keras_condensa as kc
 
@@ -162,7 +165,7 @@ def test_recurrent_qat_int8_agrees_with_keras_and_is_smaller_than_float(rnn, tmp
         [
             keras.Input((20,), dtype="int32"),
             keras.layers.Embedding(100, 16, name="embedding"),
-            rnn(16, name="recurrent"),
+            RECURRENT[rnn](),
             keras.layers.Dense(3),
         ]
     )

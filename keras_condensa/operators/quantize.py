@@ -6,10 +6,6 @@ from keras_condensa.operators.base import Operator
 MODES = ("qat", "post_training")
 
 
-def _is_float(dtype):
-    return "float" in str(dtype)
-
-
 class Quantize(Operator):
     """Quantizes weights (and for integer dtypes, activations) during fine-tuning.
 
@@ -29,7 +25,11 @@ class Quantize(Operator):
       `keras_condensa.batchnorm_fold`); each tensor gets one range, put after
       a ReLU/ReLU6 the converter fuses into the layer before it, and layers
       without weights that compute (Add, Multiply, pooling, activations) get
-      theirs (`keras_condensa.activation_ranges`).
+      theirs (`keras_condensa.activation_ranges`). A layer whose inputs are
+      integers (an Embedding of token ids) has its weights and its output
+      quantized; a layer nested in a custom layer (the LSTMs of a
+      Bidirectional, the Dense layers of a transformer block) has its
+      weights quantized, and the custom layer keeps float activations.
     - `"int4"`: 4-bit weights, one scale per output channel; activations int8.
 
     Symmetric weights keep zero exactly representable, so pruned zeros stay
@@ -69,18 +69,6 @@ class Quantize(Operator):
         self.dtype = dtype
         self.mode = mode
         self.activations = bool(activations)
-
-    def reason_unsupported(self, layer, spec):
-        reason = super().reason_unsupported(layer, spec)
-        if reason is None and self.dtype in quantizers.BITS and self.activations:
-            dtype = getattr(getattr(layer, "input", None), "dtype", "float32")
-            if not _is_float(dtype):
-                reason = (
-                    f"its inputs are {dtype}, not float: {self.dtype} quantization-aware training "
-                    "fake-quantizes a layer's float inputs (pass activations=False to quantize "
-                    "only its weights)"
-                )
-        return reason
 
     def paths(self, layer, spec):
         return spec.weights
