@@ -252,6 +252,11 @@ class CompressionWrapper(keras.layers.Wrapper):
             self.ranges_initialized.assign(1.0)
         return outputs
 
+    def compute_output_spec(self, *args, **kwargs):
+        # Masks and fake quantization keep shapes and dtypes: the inner layer knows its output.
+        # (Tracing `call` instead would also trip over the sparse flag Keras gives `x * 0.5`.)
+        return self.layer.compute_output_spec(*args, **kwargs)
+
     def compute_mask(self, inputs, previous_mask=None):
         return self.layer.compute_mask(inputs, previous_mask)
 
