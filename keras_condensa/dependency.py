@@ -8,9 +8,11 @@ input channels to their output channels. Element-wise merges (`Add`,
 `Concatenate` lays groups side by side (offsets); `Flatten` repeats a group
 once per spatial position.
 
-Each layer type has a `ChannelRule` in a registry matched with `isinstance`, so
-subclasses of supported layers are supported and users can register their own
-with `register_channel_rule`.
+Each layer type (and Keras op) has a `ChannelRule` in a registry matched with
+`isinstance` (`keras_condensa.channel_rules`), so subclasses of supported layers
+are supported and users can register their own with `register_channel_rule`.
+A layer whose rule is a barrier (LayerNormalization over channels) keeps the
+channels it reads, and the group records why.
 """
 
 import dataclasses
@@ -18,206 +20,14 @@ import dataclasses
 import keras
 import numpy as np
 
-from keras_condensa.wrappers import CompressionWrapper
-
-
-@dataclasses.dataclass(frozen=True)
-class ChannelRule:
-    """How a layer type relates its input channels to its output channels.
-
-    Args:
-        kind: `"producer"` (new output channels: Dense, Conv), `"channelwise"`
-            (output channel i comes from input channel i: BatchNormalization,
-            activations, pooling, DepthwiseConv2D), `"merge"` (element-wise
-            over several inputs: Add), `"concat"` (Concatenate on the last
-            axis) or `"flatten"`.
-        config_key: for producers, the config entry holding the number of
-            output channels (`"units"`, `"filters"`).
-        out_weights: `{weight name: axis}` sliced along kept output channels
-            (producers) or kept channels (channel-wise layers).
-        in_weights: `{weight name: (axis, multiplier)}` sliced along kept input
-            channels (producers); a multiplier m expands input channel c to
-            rows `c * m ... c * m + m - 1` (SeparableConv's pointwise kernel).
-        check: optional `check(layer)` returning why this instance is not
-            supported (e.g. a grouped convolution), or `None`.
-        foldable: optional `foldable(layer)`: whether a removed input channel
-            that carries a constant can be folded into this producer's bias.
-    """
-
-    kind: str
-    config_key: str | None = None
-    out_weights: dict = dataclasses.field(default_factory=dict)
-    in_weights: dict = dataclasses.field(default_factory=dict)
-    check: object = None
-    foldable: object = None
-
-
-_RULES: dict[type, ChannelRule] = {}
-
-
-def register_channel_rule(layer_class, rule):
-    """Registers how a layer class (and its subclasses) passes channels, for `kc.shrink`.
-
-    Args:
-        layer_class: a `keras.layers.Layer` subclass.
-        rule: a `ChannelRule`.
-
-    Raises:
-        TypeError: if the arguments have the wrong types.
-
-    Example:
-
-    ```python
-    kc.register_channel_rule(MyScale, kc.ChannelRule("channelwise", out_weights={"w": 0}))
-    ```
-    """
-    if not (isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)):
-        raise TypeError(f"Expected a keras.layers.Layer subclass. Received: {layer_class!r}")
-    if not isinstance(rule, ChannelRule):
-        raise TypeError(f"Expected a ChannelRule. Received: {rule!r}")
-    _RULES[layer_class] = rule
-
-
-def unwrapped(layer):
-    """The layer a `CompressionWrapper` wraps, or `layer` itself."""
-    return layer.layer if isinstance(layer, CompressionWrapper) else layer
-
-
-def channel_rule(layer):
-    """The `ChannelRule` of `layer` (of the layer it wraps), or `None` if its type is unknown."""
-    layer = unwrapped(layer)
-    for cls in type(layer).__mro__:
-        if cls in _RULES:
-            return _RULES[cls]
-    return None
-
-
-def _channels_last(layer):
-    if getattr(layer, "data_format", "channels_last") != "channels_last":
-        return "data_format='channels_first' is not supported"
-    return None
-
-
-def _conv_check(layer):
-    if getattr(layer, "groups", 1) != 1:
-        return f"grouped convolution (groups={layer.groups})"
-    return _channels_last(layer)
-
-
-def _bn_check(layer):
-    axis = (
-        layer.axis
-        if isinstance(layer.axis, int)
-        else (layer.axis[0] if len(layer.axis) == 1 else None)
-    )
-    rank = getattr(layer.input_spec, "ndim", None)  # set by build, also inside a wrapper
-    if axis != -1 and (rank is None or axis != rank - 1):
-        return f"normalizes axis {layer.axis}, not the channel axis -1"
-    return None
-
-
-def _depthwise_check(layer):
-    if layer.depth_multiplier != 1:
-        return f"depth_multiplier={layer.depth_multiplier} (only 1 passes channels through)"
-    return _channels_last(layer)
-
-
-def _dense_foldable(layer):
-    return layer.use_bias
-
-
-def _conv_foldable(layer):
-    # A constant input channel adds the same amount everywhere only without zero padding.
-    unpadded = layer.padding == "valid" or all(k == 1 for k in layer.kernel_size)
-    return layer.use_bias and unpadded
-
-
-_PRODUCER_OUT = {"kernel": -1, "bias": 0}
-for _cls in (keras.layers.Dense,):
-    register_channel_rule(
-        _cls,
-        ChannelRule(
-            "producer", "units", _PRODUCER_OUT, {"kernel": (0, 1)}, foldable=_dense_foldable
-        ),
-    )
-for _cls in (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D):
-    register_channel_rule(
-        _cls,
-        ChannelRule(
-            "producer",
-            "filters",
-            _PRODUCER_OUT,
-            {"kernel": (-2, 1)},
-            check=_conv_check,
-            foldable=_conv_foldable,
-        ),
-    )
-for _cls in (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D):
-    register_channel_rule(
-        _cls,
-        ChannelRule(
-            "producer",
-            "filters",
-            {"pointwise_kernel": -1, "bias": 0},
-            {"depthwise_kernel": (-2, 1), "pointwise_kernel": (-2, "depth_multiplier")},
-            check=_channels_last,
-        ),
-    )
-for _cls in (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D):
-    register_channel_rule(
-        _cls,
-        ChannelRule("channelwise", out_weights={"kernel": -2, "bias": 0}, check=_depthwise_check),
-    )
-register_channel_rule(
-    keras.layers.BatchNormalization,
-    ChannelRule(
-        "channelwise",
-        out_weights={"gamma": 0, "beta": 0, "moving_mean": 0, "moving_variance": 0},
-        check=_bn_check,
-    ),
+from keras_condensa.channel_rules import (  # noqa: F401 - re-exported: the public home of the rules
+    _RULES,
+    ChannelRule,
+    channel_rule,
+    constant_operand_reason,
+    register_channel_rule,
+    unwrapped,
 )
-_CHANNELWISE = (
-    keras.layers.Activation,
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.ELU,
-    keras.layers.Dropout,
-    keras.layers.SpatialDropout1D,
-    keras.layers.SpatialDropout2D,
-    keras.layers.GaussianNoise,
-    keras.layers.GaussianDropout,
-    keras.layers.Identity,
-    keras.layers.ZeroPadding1D,
-    keras.layers.ZeroPadding2D,
-    keras.layers.ZeroPadding3D,
-    keras.layers.Cropping1D,
-    keras.layers.Cropping2D,
-    keras.layers.UpSampling1D,
-    keras.layers.UpSampling2D,
-    keras.layers.MaxPooling1D,
-    keras.layers.MaxPooling2D,
-    keras.layers.MaxPooling3D,
-    keras.layers.AveragePooling1D,
-    keras.layers.AveragePooling2D,
-    keras.layers.AveragePooling3D,
-    keras.layers.GlobalAveragePooling1D,
-    keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalMaxPooling1D,
-    keras.layers.GlobalMaxPooling2D,
-)
-for _cls in _CHANNELWISE:
-    register_channel_rule(_cls, ChannelRule("channelwise", check=_channels_last))
-for _cls in (
-    keras.layers.Add,
-    keras.layers.Subtract,
-    keras.layers.Multiply,
-    keras.layers.Average,
-    keras.layers.Maximum,
-    keras.layers.Minimum,
-):
-    register_channel_rule(_cls, ChannelRule("merge"))
-register_channel_rule(keras.layers.Concatenate, ChannelRule("concat"))
-register_channel_rule(keras.layers.Flatten, ChannelRule("flatten", check=_channels_last))
 
 
 class Group:
@@ -315,6 +125,8 @@ class DependencyGraph:
         nodes: `(layer, input tensors, output tensors)`, producers first.
         groups: the distinct groups (roots).
         skipped: `{layer name: why}` for the layers the graph cannot follow.
+        arguments: `{id(output tensor): SymbolicArguments}` of the Keras op
+            nodes (their constant operands, e.g. the 3.0 of `x + 3.0`).
     """
 
     def __init__(self, model, on_unknown="error"):
@@ -325,6 +137,7 @@ class DependencyGraph:
         self.layouts = {}
         self.nodes = []
         self.skipped = {}
+        self.arguments = {}
         self._channels = {}
         self._previous = {}
         made_by = {}
@@ -340,11 +153,13 @@ class DependencyGraph:
                     self.layouts[id(t)] = Layout([g])
                 continue
             self.nodes.append((layer, inputs, outputs))
+            if not isinstance(layer, keras.layers.Layer):
+                self.arguments[id(outputs[0])] = node.arguments
             if len(inputs) == 1:
                 self._previous[id(layer)] = made_by.get(id(inputs[0]))
             made_by.update((id(t), layer) for t in outputs)
             in_layouts = [self.layouts[id(t)] for t in inputs]
-            out = self._propagate(layer, in_layouts, outputs)
+            out = self._propagate(layer, inputs, in_layouts, outputs)
             for t in outputs:
                 self.layouts[id(t)] = out
         self._output_groups = set()
@@ -394,8 +209,8 @@ class DependencyGraph:
         """Whether the channels of `group` reach a model output (they are never pruned)."""
         return id(group.root()) in self._output_groups
 
-    def _propagate(self, layer, in_layouts, outputs):
-        out = self._layout_after(layer, in_layouts, outputs)
+    def _propagate(self, layer, inputs, in_layouts, outputs):
+        out = self._layout_after(layer, inputs, in_layouts, outputs)
         kind = channel_rule(layer).kind if layer.name not in self.skipped else None
         if kind == "producer":
             self._channels[id(layer)] = out
@@ -403,21 +218,28 @@ class DependencyGraph:
             self._channels[id(layer)] = in_layouts[0]
         return out
 
-    def _layout_after(self, layer, in_layouts, outputs):
+    def _why_unsupported(self, layer, rule, outputs):
+        if isinstance(layer, keras.layers.Layer):
+            why = rule.check(unwrapped(layer)) if rule.check else None
+            if why is None and len(layer._inbound_nodes) > 1:
+                why = "shared layer (called more than once)"
+        else:  # a stateless Keras op: calling it again shares nothing
+            why = constant_operand_reason(self.arguments[id(outputs[0])])
+        if why is None and len(outputs) != 1:
+            why = "several outputs"
+        return why
+
+    def _layout_after(self, layer, inputs, in_layouts, outputs):
         rule = channel_rule(layer)
         if rule is None:
             why = "no channel rule for this layer type"
             if isinstance(layer, keras.Model):
                 why = "a nested model (shrink works on one flat graph)"
             return self._unknown(layer, in_layouts, outputs, why)
-        inner = unwrapped(layer)
-        why = rule.check(inner) if rule.check else None
-        if why is None and len(layer._inbound_nodes) > 1:
-            why = "shared layer (called more than once)"
-        if why is None and len(outputs) != 1:
-            why = "several outputs"
+        why = self._why_unsupported(layer, rule, outputs)
         if why is not None:
             return self._unknown(layer, in_layouts, outputs, why)
+        inner = unwrapped(layer)
         if rule.kind == "producer":
             if in_layouts[0].repeat > 1 and not isinstance(inner, keras.layers.Dense):
                 _freeze(in_layouts[0], f"'{layer.name}' reads a flattened tensor")
@@ -426,20 +248,12 @@ class DependencyGraph:
             lay = in_layouts[0]
             if lay.repeat > 1:
                 _freeze(lay, f"'{layer.name}' reads a flattened tensor")
+            barrier = rule.barrier(inner) if rule.barrier else None
+            if barrier:
+                _freeze(lay, f"layer '{layer.name}' ({type(inner).__name__}) {barrier}")
             return Layout(list(lay.segments))
         if rule.kind == "merge":
-            first = in_layouts[0]
-            sizes = [[g.size for g in lay.segments] for lay in in_layouts]
-            if any(s != sizes[0] for s in sizes) or any(
-                lay.repeat != first.repeat for lay in in_layouts
-            ):
-                for lay in in_layouts:
-                    _freeze(lay, f"'{layer.name}' merges tensors with different channel layouts")
-                return Layout(list(first.segments), first.repeat)
-            for lay in in_layouts[1:]:
-                for a, b in zip(first.segments, lay.segments, strict=True):
-                    _union(a, b)
-            return Layout(list(first.segments), first.repeat)
+            return self._merge(layer, in_layouts, outputs)
         if rule.kind == "concat":
             axis = layer.axis
             rank = len(outputs[0].shape)
@@ -452,7 +266,58 @@ class DependencyGraph:
             lay = in_layouts[0]
             spatial = int(np.prod(inputs_shape_spatial(layer)))
             return Layout(list(lay.segments), lay.repeat * spatial)
+        if rule.kind == "reshape":
+            return self._reshape(layer, inputs[0], in_layouts[0], outputs)
         raise ValueError(f"Unknown ChannelRule kind {rule.kind!r} for layer '{layer.name}'")
+
+    def _merge(self, layer, in_layouts, outputs):
+        """Element-wise merge: channel i of every input is one channel.
+
+        An input with one channel broadcast over all of them (an attention
+        map) is not coupled; it is kept.
+        """
+        channels = outputs[0].shape[-1]
+        coupled, broadcast = [], []
+        for lay in in_layouts:
+            if lay.channels * lay.repeat == channels:
+                coupled.append(lay)
+            elif lay.channels == 1 and lay.repeat == 1:
+                broadcast.append(lay)
+        for lay in broadcast:
+            _freeze(lay, f"'{layer.name}' broadcasts it over the channels")
+        sizes = [[g.size for g in lay.segments] for lay in coupled]
+        if (
+            not coupled
+            or len(coupled) + len(broadcast) != len(in_layouts)
+            or any(s != sizes[0] for s in sizes)
+            or any(lay.repeat != coupled[0].repeat for lay in coupled)
+        ):
+            reason = f"'{layer.name}' merges tensors with different channel layouts"
+            for lay in in_layouts:
+                _freeze(lay, reason)
+            if not coupled:
+                g = Group(channels)
+                g.frozen = reason
+                return Layout([g])
+            return Layout(list(coupled[0].segments), coupled[0].repeat)
+        first = coupled[0]
+        for lay in coupled[1:]:
+            for a, b in zip(first.segments, lay.segments, strict=True):
+                _union(a, b)
+        return Layout(list(first.segments), first.repeat)
+
+    def _reshape(self, layer, tensor, layout, outputs):
+        """A `Reshape` that keeps the channel axis (`(1, 1, C)`) or flattens everything."""
+        before, after = list(tensor.shape[1:]), list(outputs[0].shape[1:])
+        if None in before or None in after or not before or not after:
+            return self._unknown(layer, [layout], outputs, "reshape with unknown dimensions")
+        if after[-1] == before[-1] and np.prod(after[:-1]) == np.prod(before[:-1]):
+            return Layout(list(layout.segments), layout.repeat)
+        if len(after) == 1 and after[0] == np.prod(before):
+            return Layout(list(layout.segments), layout.repeat * int(np.prod(before[:-1])))
+        return self._unknown(
+            layer, [layout], outputs, f"reshapes the channel axis ({before} to {after})"
+        )
 
 
 def inputs_shape_spatial(layer):

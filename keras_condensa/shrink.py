@@ -22,7 +22,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_condensa import dependency, masking, surgery
+from keras_condensa import channel_rules, dependency, masking, surgery
 from keras_condensa.wrappers import CompressionWrapper
 
 logger = logging.getLogger("keras_condensa")
@@ -32,11 +32,18 @@ def _named_weights(layer):
     return {w.name: np.array(ops.convert_to_numpy(w)) for w in layer.weights}
 
 
+def _weight_name(layer, name):
+    """The variable name of a rule's weight, given as a variable or attribute name."""
+    variable = getattr(layer, name, None)
+    return variable.name if isinstance(variable, keras.Variable) else name
+
+
 def _zero_columns(layer, rule):
     """Per output channel: whether every weight that feeds it (not the bias) is all zeros."""
     weights = _named_weights(layer)
     dead = None
     for name, axis in rule.out_weights.items():
+        name = _weight_name(layer, name)
         if name == "bias" or name not in weights:
             continue
         w = np.moveaxis(weights[name], axis, -1).reshape(-1, weights[name].shape[axis])
@@ -109,16 +116,47 @@ _CONSTANTS = (
         ),
         lambda layer, c: c,
     ),
+    (channel_rules.LayerScale, lambda layer, c: c * np.asarray(ops.convert_to_numpy(layer.gamma))),
+    (
+        keras.layers.Rescaling,
+        lambda layer, c: c * float(layer.scale) + float(layer.offset),
+    ),
 )
 
 
-def _evaluate(layer, in_consts, inputs, out_channels):
+def _broadcast(consts, channels):
+    return np.stack([np.broadcast_to(c, (channels,)) for c in consts])
+
+
+def _uniform(out, in_consts):
+    out = np.asarray(out, "float64")
+    out = out.reshape(-1, out.shape[-1])
+    uniform = np.all(np.abs(out - out[:1]) <= 1e-7 * (1 + np.abs(out[:1])), axis=0)
+    known = np.all([np.isfinite(np.broadcast_to(c, out.shape[-1:])) for c in in_consts], axis=0)
+    return np.where(uniform & known, out[0], np.nan)
+
+
+def _evaluate_op(op, in_consts, inputs, arguments):
+    """Runs a Keras op node on its constant inputs (one row of channels: ops are element-wise)."""
+    values = {
+        id(t): np.nan_to_num(c, nan=0.0).astype("float32")[None, :]
+        for c, t in zip(in_consts, inputs, strict=True)
+    }
+    args, kwargs = arguments.fill_in(values)
+    fn = channel_rules.ELEMENTWISE_BINARY_OPS.get(type(op))
+    out = fn(*args, **kwargs) if fn is not None else ops.convert_to_numpy(op(*args, **kwargs))
+    return _uniform(out, in_consts)
+
+
+def _evaluate(layer, in_consts, inputs, out_channels, arguments=None):
     """Runs a channel-wise or merge layer on constant inputs; NaN where not constant."""
     if not any(np.any(np.isfinite(c)) for c in in_consts):
         return np.full(out_channels, np.nan)
+    if arguments is not None:
+        return _evaluate_op(layer, in_consts, inputs, arguments)
     for cls, fn in _MERGES.items():
         if type(layer) is cls:
-            return fn(np.stack(in_consts))
+            return fn(_broadcast(in_consts, out_channels))
     for cls, fn in _CONSTANTS:
         if type(layer) in (cls if isinstance(cls, tuple) else (cls,)):
             return fn(layer, in_consts[0])
@@ -129,11 +167,8 @@ def _evaluate(layer, in_consts, inputs, out_channels):
             np.broadcast_to(np.nan_to_num(const, nan=0.0).astype("float32"), shape).copy()
         )
     args = arrays if len(arrays) > 1 else arrays[0]
-    out = np.array(ops.convert_to_numpy(layer(args, training=False)), "float64")
-    out = out.reshape(-1, out.shape[-1])
-    uniform = np.all(np.abs(out - out[:1]) <= 1e-7 * (1 + np.abs(out[:1])), axis=0)
-    known = np.all([np.isfinite(c) for c in in_consts], axis=0)
-    return np.where(uniform & known, out[0], np.nan)
+    out = ops.convert_to_numpy(layer(args, training=False))
+    return _uniform(out, in_consts)
 
 
 def _constants(graph):
@@ -147,41 +182,63 @@ def _constants(graph):
         ins = [consts[id(t)] for t in inputs]
         if rule.kind == "producer":
             out = _producer_constants(layer, rule, channels)
+        elif rule.barrier is not None and rule.barrier(dependency.unwrapped(layer)):
+            out = np.full(channels, np.nan)  # it mixes channels: nothing known per channel
         elif rule.kind in ("channelwise", "merge"):
-            out = _evaluate(layer, ins, inputs, channels)
+            out = _evaluate(layer, ins, inputs, channels, graph.arguments.get(id(outputs[0])))
         elif rule.kind == "concat":
             out = np.concatenate(ins)
-        else:  # flatten keeps the per-channel constants (the layout repeats them)
+        else:  # flatten and reshape keep the per-channel constants (the layout repeats them)
             out = ins[0]
         consts[id(outputs[0])] = out
     return consts
 
 
 def _removable(graph, consts):
-    """{group: bool array}: channels that can be removed without changing the function."""
-    consumers = {}
-    for layer, inputs, _ in graph.nodes:
+    """Which pruned channels can go, and why the others stay.
+
+    Returns:
+        `({id(group): bool array}, {id(group): why})`: per unfrozen group,
+        the channels that can be removed without changing the function; per
+        group that keeps some of its pruned (constant) channels, the reason.
+    """
+    consumers, made_by = {}, {}
+    for layer, inputs, outputs in graph.nodes:
         for t in inputs:
             consumers.setdefault(id(t), []).append(layer)
-    result = {}
-    for group in graph.groups:
-        if group.frozen is None:
-            result[id(group)] = np.ones(group.size, bool)
-    for tid, lay in graph.layouts.items():
-        offset = 0
-        for seg in lay.segments:
-            g = seg.root()
-            if id(g) in result:
-                c = consts[tid][offset : offset + g.size]
-                ok = np.isfinite(c)
-                for layer in consumers.get(tid, ()):
-                    rule = dependency.channel_rule(layer)
-                    if rule is not None and rule.kind == "producer":
-                        fold = rule.foldable is not None and rule.foldable(layer)
-                        ok &= (c == 0) | fold
-                result[id(g)] &= ok
-            offset += seg.size
-    return result
+        made_by.update((id(t), layer) for t in outputs)
+    segments = [
+        (tid, seg.root(), offset)
+        for tid, lay in graph.layouts.items()
+        for seg, offset in zip(lay.segments, np.cumsum([0] + [g.size for g in lay.segments]))
+    ]
+    dead = {}
+    for tid, g, offset in segments:
+        finite = np.isfinite(consts[tid][offset : offset + g.size])
+        dead[id(g)] = dead.get(id(g), False) | finite
+    result = {id(g): np.ones(g.size, bool) for g in graph.groups if g.frozen is None}
+    why = {id(g): g.frozen for g in graph.groups if g.frozen is not None and np.any(dead[id(g)])}
+    for tid, g, offset in segments:
+        if id(g) not in result:
+            continue
+        c = consts[tid][offset : offset + g.size]
+        ok = np.isfinite(c)
+        if np.any(dead[id(g)] & ~ok) and tid in made_by:
+            why.setdefault(id(g), f"pruned channels are not constant after '{made_by[tid].name}'")
+        for layer in consumers.get(tid, ()):
+            rule = dependency.channel_rule(layer)
+            if rule is not None and rule.kind == "producer":
+                fold = rule.foldable is not None and rule.foldable(layer)
+                blocked = ok & (c != 0) & (not fold)
+                if np.any(blocked):
+                    why.setdefault(
+                        id(g),
+                        f"'{layer.name}' cannot fold the nonzero constants of pruned channels "
+                        "into its bias (zero padding, or no bias)",
+                    )
+                ok &= ~blocked
+        result[id(g)] &= ok
+    return result, why
 
 
 def _kept(group, removable, align):
@@ -260,15 +317,23 @@ def _plan(graph, kept, consts):
             if len(out_idx) == out_lay.channels and len(in_idx) == in_lay.channels * in_lay.repeat:
                 continue
             plan[id(layer)] = ({rule.config_key: int(len(out_idx))}, weights)
-        elif rule.kind == "channelwise" and rule.out_weights:
+        elif rule.kind == "channelwise" and (rule.out_weights or rule.resize):
             idx = _tensor_index(in_lay, kept)
             if len(idx) == in_lay.channels:
                 continue
             weights = _named_weights(layer)
             for name, axis in rule.out_weights.items():
+                name = _weight_name(layer, name)
                 if name in weights:
                     weights[name] = np.take(weights[name], idx, axis=axis)
-            plan[id(layer)] = ({}, weights)
+            changes = rule.resize(layer, int(len(idx))) if rule.resize else {}
+            plan[id(layer)] = (changes, weights)
+        elif rule.kind == "reshape":
+            channels = len(_tensor_index(out_lay, kept))
+            target = list(layer.target_shape)
+            if channels == out_lay.channels * out_lay.repeat or target[-1] == -1:
+                continue
+            plan[id(layer)] = ({"target_shape": (*target[:-1], channels)}, {})
     return plan
 
 
@@ -277,14 +342,18 @@ def shrink(model, align=None, on_unknown="error"):
 
     Where structured pruning left whole output channels of a Dense or
     convolution layer at zero, the copy has fewer units or filters, and every
-    layer downstream (BatchNormalization, DepthwiseConv2D, the next Dense or
-    convolution, across `Add`, `Concatenate` and `Flatten`) has the matching
-    channels removed. Channels coupled by a residual `Add` are removed only
-    where they are pruned in every branch; channels that feed the model
-    output are never removed. The copy computes the same function as the
-    masked model, within float rounding (see the module docstring for how
-    constants from BatchNormalization and activations are handled). The
-    input model is not modified.
+    layer downstream (BatchNormalization, DepthwiseConv2D, LayerScale, the
+    next Dense or convolution, across `Add`, `Concatenate`, `Flatten`,
+    squeeze-excite `Reshape((1, 1, C))` and `Multiply`, and element-wise
+    Keras ops such as `x + 3.0`) has the matching channels removed.
+    Channels coupled by a residual `Add` are removed only where they are
+    pruned in every branch; channels that feed the model output, or that a
+    LayerNormalization over the channels reads, are never removed; the
+    groups whose pruned channels are kept, and why, are logged at INFO
+    level. The copy computes the same function as the masked model, within
+    float rounding (see the module docstring for how constants from
+    BatchNormalization and activations are handled). The input model is
+    not modified.
 
     Args:
         model: a Sequential or functional model: one returned by
@@ -326,7 +395,14 @@ def shrink(model, align=None, on_unknown="error"):
             "; ".join(f"'{n}' ({why})" for n, why in graph.skipped.items()),
         )
     consts = _constants(graph)
-    removable = _removable(graph, consts)
+    removable, why = _removable(graph, consts)
+    kept_groups = [(g, why[id(g)]) for g in graph.groups if id(g) in why and g.producers]
+    if kept_groups:
+        logger.info(
+            "kc.shrink kept pruned channels of %d group(s): %s",
+            len(kept_groups),
+            "; ".join(f"{[p.name for p in g.producers]}: {reason}" for g, reason in kept_groups),
+        )
     kept = {id(g): _kept(g, removable, align) for g in graph.groups}
     plan = _plan(graph, kept, consts)
 

@@ -150,8 +150,10 @@ class _ChannelPrune(PruningOperator):
         the BatchNorm undoes the scale of the weights before it.
         """
         units, by_group, followers, scales = [], {}, [], {}
-        for wrapper, _, paths, current in items:
-            layout = graph.channels_of(wrapper) if graph is not None else None
+        # A layer nested in a custom layer is outside the model's graph: scored on its own.
+        for wrapper, spec, paths, current in items:
+            nested = spec is not None and spec.prefix
+            layout = graph.channels_of(wrapper) if graph is not None and not nested else None
             if isinstance(wrapper.layer, _FOLLOWERS) and layout is not None:
                 followers.append((wrapper, layout, paths, current))
                 if graph.previous(wrapper) is not None:
@@ -164,7 +166,7 @@ class _ChannelPrune(PruningOperator):
             )
             if id(wrapper) in scales and scales[id(wrapper)].size == score.size:
                 score = score * scales[id(wrapper)]
-            layout = graph.channels_of(wrapper) if graph is not None else None
+            layout = graph.channels_of(wrapper) if graph is not None and not spec.prefix else None
             member = (wrapper, spec, paths, current, score)
             group = layout.segments[0].root() if layout and len(layout.segments) == 1 else None
             if group is None or group.size != score.size:
