@@ -25,7 +25,7 @@ from tflite_export.errors import (
     InvalidTFLiteFileError,
     UnsupportedOpsError,
 )
-from tflite_export.inspection import TensorInfo, inspect_tflite, tensor_table
+from tflite_export.inspection import TensorInfo, inspect_tflite, op_counts, tensor_table
 from tflite_export.runtime import predict
 from tflite_export.verify import VerifyResult, verify
 
@@ -41,6 +41,7 @@ __all__ = [
     "benchmark",
     "export",
     "inspect_tflite",
+    "op_counts",
     "predict",
     "tensor_table",
     "verify",

@@ -4,6 +4,7 @@ Parses the file with the flatbuffers schema bundled in `ai_edge_litert`, so this
 module needs no TensorFlow.
 """
 
+import collections
 import dataclasses
 
 from tflite_export import runtime
@@ -169,6 +170,31 @@ def op_names(tflite):
         for i in range(subgraph.OperatorsLength()):
             used.add(codes[subgraph.Operators(i).OpcodeIndex()])
     return sorted(used)
+
+
+def op_counts(tflite):
+    """How many times each op occurs in a LiteRT file, over all subgraphs.
+
+    Args:
+        tflite: path to a `.tflite` file, its bytes, or an `ExportResult`.
+
+    Returns:
+        A `collections.Counter` `{op name: count}`.
+
+    Example:
+
+    ```python
+    te.op_counts("model.tflite")["QUANTIZE"]
+    ```
+    """
+    model = _root(runtime.read_model(tflite))
+    codes = _op_names(model)
+    counts = collections.Counter()
+    for g in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(g)
+        for i in range(subgraph.OperatorsLength()):
+            counts[codes[subgraph.Operators(i).OpcodeIndex()]] += 1
+    return counts
 
 
 def io_dtypes(tflite):
