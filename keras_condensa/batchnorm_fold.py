@@ -15,7 +15,7 @@ and the BatchNormalization leaves the graph.
 import keras
 import numpy as np
 
-from keras_condensa import activation_ranges, graph_walk
+from keras_condensa import activation_ranges, copying, graph_walk
 
 # Layers whose last kernel axis (flattened with the ones before it for
 # depthwise kernels) is the output channel of a channels-last output.
@@ -137,10 +137,8 @@ def fold_batchnorms(model, select=None):
         config = layer.get_config()
         if id(layer) in producers:
             config["use_bias"] = True
-        new = layer.__class__.from_config(config)
-        build_config = layer.get_build_config()
-        if layer.built and build_config:
-            new.build_from_config(build_config)
+        new = copying.copy_layer(layer, config)
+        copying.prebuild(layer, new)
         copies.append((layer, new))
         return new
 
@@ -152,12 +150,7 @@ def fold_batchnorms(model, select=None):
         return layer(*args, **kwargs)
 
     functional = not isinstance(model, keras.Sequential)
-    clone = keras.models.clone_model(
-        model,
-        clone_function=clone_function,
-        call_function=call_function if functional else None,
-        recursive=True,
-    )
+    clone = copying.clone(model, clone_function, call_function if functional else None)
     for layer, new in copies:
         if id(layer) not in producers:
             new.set_weights(layer.get_weights())
@@ -170,7 +163,7 @@ def fold_batchnorms(model, select=None):
         else:
             values.append(bias)
         new.set_weights([keras.ops.convert_to_numpy(v) for v in values])
-    return clone, [bn.name for _, bn in pairs]
+    return copying.compile_copy(clone, model), [bn.name for _, bn in pairs]
 
 
 def fold_for_scheme(scheme, model):

@@ -10,16 +10,33 @@ error instead of producing a model of NaN weights.
 
 import math
 
+import keras
 import numpy as np
 
 
+def _fresh(metrics):
+    """The same metrics, as new instances where they are `keras.metrics.Metric` objects (no shared state)."""
+
+    def fresh(metric):
+        if isinstance(metric, keras.metrics.Metric):
+            return metric.__class__.from_config(metric.get_config())
+        return metric
+
+    return keras.tree.map_structure(fresh, metrics) if metrics is not None else None
+
+
 def compile_like(model, source, metrics=True):
-    """Compiles `model` with a fresh copy of `source`'s optimizer, its loss and metrics.
+    """Compiles `model` with `source`'s training set-up: a fresh optimizer, its loss and the rest.
+
+    The optimizer is a new instance of the same class and configuration (no
+    slot state is shared), metric objects are new instances, and the loss,
+    loss weights, `run_eagerly`, `steps_per_execution` and `jit_compile` are
+    those `source` was compiled with.
 
     Args:
         model: the `keras.Model` to compile.
         source: a compiled `keras.Model` whose set-up is copied.
-        metrics: also copy the metrics `source` was compiled with.
+        metrics: also copy the metrics (and weighted metrics) `source` was compiled with.
 
     Returns:
         `model`, compiled.
@@ -35,7 +52,12 @@ def compile_like(model, source, metrics=True):
     model.compile(
         optimizer=optimizer.__class__.from_config(optimizer.get_config()),
         loss=source.loss,
-        metrics=config.get("metrics") if metrics else None,
+        loss_weights=config.get("loss_weights"),
+        metrics=_fresh(config.get("metrics")) if metrics else None,
+        weighted_metrics=_fresh(config.get("weighted_metrics")) if metrics else None,
+        run_eagerly=config.get("run_eagerly", False),
+        steps_per_execution=config.get("steps_per_execution", 1),
+        jit_compile=config.get("jit_compile", "auto"),
     )
     return model
 

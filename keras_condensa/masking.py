@@ -98,7 +98,8 @@ def update_masks(scheme, model, densities):
     """Recomputes every mask of `model` for `scheme` and zeroes the pruned weights.
 
     Operators run in order; each sees the weights the previous ones left, and
-    a weight's mask is the product of the operators' masks. Operators that
+    a weight's mask is the product of the operators' masks; a weight no
+    operator computes a mask for now keeps its mask. Operators that
     prune coupled channels together (`coupled_channels`) get the model's
     channel dependency graph.
 
@@ -138,7 +139,7 @@ def update_masks(scheme, model, densities):
         for p in w.masked_weights:
             mask = new_masks.get((id(w), p))
             if mask is None:
-                mask = np.ones(tuple(w.masks[p].shape), "float32")
+                continue  # no operator computed it now (not due yet, or none selects it): kept
             w.masks[p].assign(mask)
             for slot in _slots_of(slots, w.weight(p)):
                 if tuple(slot.shape) == mask.shape:

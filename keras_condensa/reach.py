@@ -52,7 +52,8 @@ class Unit:
         if not self.prefix:
             return self.container.name
         path = getattr(self.layer, "path", None) or self.layer.name
-        return path if path.startswith(self.container.name) else f"{self.container.name}/{path}"
+        inside = path.startswith(f"{self.container.name}/")
+        return path if inside else f"{self.container.name}/{path}"
 
     @property
     def nested(self):
@@ -86,7 +87,8 @@ def _children(layer):
         elif isinstance(value, (list, tuple)):
             pairs = [(f"{name}.{i}", v) for i, v in enumerate(value)]
         elif isinstance(value, dict):
-            pairs = [(f"{name}.{k}", v) for k, v in value.items() if isinstance(k, str)]
+            # A key with a dot would break the path; such a sublayer is reached through `_layers`.
+            pairs = [(f"{name}.{k}", v) for k, v in value.items() if isinstance(k, str) and "." not in k]
         else:
             continue
         for path, child in pairs:

@@ -13,6 +13,16 @@ two differences that save days on small data sets:
 """
 
 import keras
+import numpy as np
+
+
+def _number(value):
+    """A NumPy scalar as the Python int or float it holds (`np.float32(0.5)` -> `0.5`)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, np.generic):
+        return value
+    if isinstance(value, np.integer):
+        return int(value)
+    return float(value) if isinstance(value, np.floating) else value
 
 
 def _check_step(name, value, allow_none=False):
@@ -57,6 +67,7 @@ class PruningSchedule:
     """
 
     def __init__(self, begin_step, end_step, frequency):
+        begin_step, end_step, frequency = _number(begin_step), _number(end_step), _number(frequency)
         _check_step("begin_step", begin_step)
         _check_step("end_step", end_step, allow_none=True)
         _check_step("frequency", frequency)
@@ -137,7 +148,7 @@ class ConstantSparsity(PruningSchedule):
 
     def __init__(self, target_sparsity=None, begin_step=0, end_step=None, frequency=100, **kwargs):
         super().__init__(begin_step, end_step, frequency)
-        target = kwargs.pop("final_sparsity", target_sparsity)
+        target = _number(kwargs.pop("final_sparsity", target_sparsity))
         if kwargs:
             raise TypeError(f"Unexpected arguments: {sorted(kwargs)}")
         _check_sparsity("target_sparsity", target, allow_none=True)
@@ -181,6 +192,8 @@ class PolynomialDecay(PruningSchedule):
         frequency=100,
     ):
         super().__init__(begin_step, end_step, frequency)
+        initial_sparsity, final_sparsity = _number(initial_sparsity), _number(final_sparsity)
+        begin_step, end_step = self.begin_step, self.end_step
         if end_step is None:
             raise ValueError("PolynomialDecay needs an end_step (int steps or a fraction of the run).")
         _check_sparsity("initial_sparsity", initial_sparsity)

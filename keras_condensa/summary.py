@@ -157,9 +157,9 @@ def summary(model, print_fn=print):
                 skipped[unit.name] = (
                     "not covered by the scheme" if unit.spec is not None else unit.reason
                 )
-    never = masking.warn_never_pruned(model)
+    never = masking.never_pruned(model)
     for name in never:
-        skipped[name] = "its pruning schedule never ran: fit with callbacks=kc.callbacks(scheme)"
+        skipped[name] = "its pruning schedule has not run: fit with callbacks=kc.callbacks(scheme)"
     result = Summary(rows=tuple(rows), skipped=skipped)
     if print_fn is not None:
         print_fn(str(result))

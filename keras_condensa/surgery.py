@@ -5,7 +5,6 @@
 is never modified.
 """
 
-import inspect
 import logging
 import math
 import warnings
@@ -13,7 +12,7 @@ import warnings
 import keras
 from keras import ops
 
-from keras_condensa import activation_ranges, batchnorm_fold, compiling, masking, prunable, reach
+from keras_condensa import activation_ranges, batchnorm_fold, copying, masking, prunable, reach
 from keras_condensa.wrappers import CompressionWrapper
 
 logger = logging.getLogger("keras_condensa")
@@ -41,47 +40,15 @@ def check_model(model, subclassed=False):
     if not subclassed and not masking.is_graph_model(model):
         raise TypeError(
             f"Model '{model.name}' ({type(model).__name__}) is a subclassed keras.Model: its layers "
-            "are created and called in Python code that this function cannot rewire. Pass the model "
-            "that scheme.apply(model) returned (a functional model around a copy of yours), or "
-            "build the model as a Sequential or functional model."
+            "are created and called in Python code that this function cannot rewire. It takes a "
+            "Sequential or functional model, or the model scheme.apply(model) returned for a "
+            "subclassed one; scheme.apply itself takes subclassed models."
         )
     if not model.built:
         raise ValueError(
             f"Model '{model.name}' is not built. Give it an Input (keras.Input(shape)), call it "
             "once on a batch, or call model.build(input_shape) first."
         )
-
-
-def _constructor_config(layer, config):
-    """`config` without the keys that `layer`'s constructor does not take, or `None`."""
-    parameters = inspect.signature(type(layer).__init__).parameters
-    known = {n for n, p in parameters.items() if p.kind is not p.VAR_KEYWORD}
-    known |= {"name", "trainable", "dtype"}
-    kept = {k: v for k, v in config.items() if k in known}
-    return kept if len(kept) < len(config) else None
-
-
-def _copy_layer(layer):
-    """A new, unbuilt layer with the same config (weights are copied later).
-
-    Some layers' `get_config` carries derived values their constructor does
-    not take (KerasHub's `ViTPatchingAndEmbedding` returns `num_patches`):
-    those keys are dropped and the copy is tried again.
-    """
-    config = layer.get_config()
-    try:
-        return layer.__class__.from_config(config)
-    except Exception as error:  # noqa: BLE001 - re-raised with the layer named
-        trimmed = _constructor_config(layer, config)
-        if trimmed is not None:
-            try:
-                return layer.__class__.from_config(trimmed)
-            except Exception:  # noqa: BLE001, S110 - the first error is the one to report
-                pass
-        raise TypeError(
-            f"Cannot copy layer '{layer.name}' ({type(layer).__name__}): from_config(get_config()) "
-            f"failed with: {error}. Give the layer a complete get_config()."
-        ) from error
 
 
 def _clone(model, clone_layer):
@@ -99,31 +66,15 @@ def _clone(model, clone_layer):
         copies.append(copy_weights)
         return new_layer
 
-    compiled = getattr(model, "compiled", False)
-    # clone_model recompiles the copy from the compile config, which cannot rebuild a
-    # plain Python loss function: compile it from the live objects instead.
-    model.compiled = False
-    try:
-        clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
-    finally:
-        model.compiled = compiled
+    clone = copying.clone(model, clone_function)
     for copy_weights in copies:
         copy_weights()
-    if compiled:
-        compiling.compile_like(clone, model)
-    return clone
-
-
-def _prebuild(source, target):
-    build_config = source.get_build_config()
-    if source.built and build_config and not target.built:
-        target.build_from_config(build_config)
-    reach.copy_names(source, target)
+    return copying.compile_copy(clone, model)
 
 
 def _plain_copy(layer):
-    new = _copy_layer(layer)
-    _prebuild(layer, new)
+    new = copying.copy_layer(layer)
+    copying.prebuild(layer, new)
     return new, lambda: new.set_weights(layer.get_weights())
 
 
@@ -291,14 +242,14 @@ def _wrap_subclassed(model, arguments):
             "model in place, so it copies it: give the class a get_config() that returns its "
             "constructor arguments (and a from_config() if they are not plain values)."
         ) from error
-    _prebuild(model, inner)
+    copying.prebuild(model, inner)
     inner.name = model.name
     inner.set_weights(model.get_weights())
     wrapper = CompressionWrapper(inner, **arguments)
     inputs = _shell_inputs(model)
     shell = keras.Model(inputs, wrapper(inputs), name=model.name)
     shell._condensa_shell = True
-    return shell
+    return copying.compile_copy(shell, model)
 
 
 def apply_scheme(scheme, model):
@@ -317,8 +268,8 @@ def apply_scheme(scheme, model):
     def clone_layer(layer):
         if id(layer) not in plan:
             return _plain_copy(layer)
-        inner = _copy_layer(layer)
-        _prebuild(layer, inner)
+        inner = copying.copy_layer(layer)
+        copying.prebuild(layer, inner)
         wrapper = CompressionWrapper(inner, **plan[id(layer)])
         return wrapper, lambda: wrapper.layer.set_weights(layer.get_weights())
 
@@ -391,8 +342,8 @@ def strip(model, keep_quantization=True, shrink=False):
     def clone_layer(layer):
         if not isinstance(layer, CompressionWrapper):
             return _plain_copy(layer)
-        inner = _copy_layer(layer.layer)
-        _prebuild(layer.layer, inner)
+        inner = copying.copy_layer(layer.layer)
+        copying.prebuild(layer.layer, inner)
         keep = keep_quantization and layer.quantize in ("int8", "int4")
         baked = layer.masked_value if keep else layer.effective_value
         paths = dict.fromkeys(layer.masked_weights + tuple(layer.quantized_weights))

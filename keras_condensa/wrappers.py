@@ -15,7 +15,7 @@ import contextlib
 import keras
 from keras import ops
 
-from keras_condensa import prunable, quantizers
+from keras_condensa import copying, prunable, quantizers
 
 ACTIVATION_PLACES = ("input", "activation", "output")
 # Activations whose int8 LiteRT kernels have a fixed output range: [min, max] of
@@ -140,8 +140,8 @@ class CompressionWrapper(keras.layers.Wrapper):
     def build_from_config(self, config):
         # The inner layer knows its own build arguments (MultiHeadAttention
         # needs query and value shapes, not one input shape).
-        if config and not self.layer.built:
-            self.layer.build_from_config(config)
+        if config:
+            copying.build_from_config(self.layer, config)
         self._create_state()
 
     def get_build_config(self):

@@ -202,3 +202,52 @@ def test_bidirectional_and_time_distributed_layers_are_reached():
     assert kc.summary(pruned, print_fn=None).masked_density == pytest.approx(0.3, abs=0.01)
     x = np.random.default_rng(0).integers(0, 50, (8, 12)).astype("int32")
     np.testing.assert_allclose(kc.strip(pruned).predict(x, verbose=0), pruned.predict(x, verbose=0), atol=1e-5)
+
+
+@keras.saving.register_keras_serializable(package="test_nested_layers")
+class LazyBlock(keras.layers.Layer):
+    """Sublayers built by the first call (no build()), as the Keras guide's examples do."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(32, activation="relu")
+        self.out = keras.layers.Dense(16)
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+
+def test_a_custom_layer_without_build_and_auto_named_sublayers_keeps_its_masks(digits, tmp_path):
+    x, y, x_val, _ = digits
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((64,))
+    outputs = keras.layers.Dense(10, name="logits")(LazyBlock(name="lazy")(inputs))
+    model = compile_classifier(keras.Model(inputs, outputs))
+    hidden_name = model.get_layer("lazy").hidden.name  # an automatic name, e.g. "dense_12"
+    scheme = kc.Prune(0.2, include=[hidden_name], schedule=kc.PolynomialDecay(end_step=0.5, frequency=5))
+    pruned = scheme.apply(model)
+    assert pruned.get_layer("lazy_compressed").layer.hidden.name == hidden_name
+    pruned.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=kc.callbacks(scheme))
+    pruned.save(tmp_path / "lazy.keras")
+    loaded = keras.saving.load_model(tmp_path / "lazy.keras")
+    loaded.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=kc.callbacks(scheme))
+    # The reloaded sublayer has another automatic name: its mask is kept, not reset to ones.
+    (wrapper,) = [w for w in masking.iter_wrappers(loaded)]
+    assert float(np.mean(np.asarray(wrapper.masks["hidden.kernel"]))) == pytest.approx(0.2, abs=0.01)
+
+
+def test_apply_keeps_the_compile_set_up_of_a_compiled_model():
+    model = block_model()
+    model.compile(
+        keras.optimizers.SGD(0.01, momentum=0.9),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc")],
+        run_eagerly=True,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        pruned = kc.Prune(0.5).apply(model)
+    config = pruned._compile_config.config
+    assert isinstance(pruned.optimizer, keras.optimizers.SGD) and pruned.optimizer is not model.optimizer
+    assert config["run_eagerly"] is True
+    assert config["metrics"][0] is not model._compile_config.config["metrics"][0]

@@ -1,6 +1,5 @@
 """int8 QAT deploys like post-training int8: BatchNorm folded, one range per tensor, same file."""
 
-import collections
 
 import keras
 import numpy as np
@@ -11,7 +10,6 @@ import keras_condensa as kc
 from keras_condensa import batchnorm_fold, quantizers
 
 te = pytest.importorskip("tflite_export")
-Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
 
 
 def _mlp():
@@ -38,11 +36,6 @@ def _bn_cnn():
     h = layers.Activation("relu")(layers.BatchNormalization(name="head_bn")(h))
     h = layers.GlobalAveragePooling2D()(h)
     return keras.Model(inputs, layers.Dense(10, name="logits")(h), name="bn_cnn")
-
-
-def _op_counts(path):
-    interpreter = Interpreter(str(path))
-    return collections.Counter(op["op_name"] for op in interpreter._get_ops_details())
 
 
 def _qat_int8(model, x, y, epochs=2):
@@ -120,7 +113,7 @@ def test_qat_int8_mlp_file_agrees_with_keras(tmp_path, digits):
     result = te.export(final, tmp_path / "mlp.tflite", quantize="int8")
     check = te.verify(result, final, x_val)
     assert check.top1_agreement >= 0.995, check
-    assert _op_counts(result.path) == {"QUANTIZE": 1, "FULLY_CONNECTED": 3, "DEQUANTIZE": 1}
+    assert te.op_counts(result.path) == {"QUANTIZE": 1, "FULLY_CONNECTED": 3, "DEQUANTIZE": 1}
 
 
 def test_qat_int8_batchnorm_cnn_file_matches_post_training_int8(tmp_path, digits):
@@ -135,7 +128,7 @@ def test_qat_int8_batchnorm_cnn_file_matches_post_training_int8(tmp_path, digits
     ptq = te.export(
         dense, tmp_path / "ptq.tflite", quantize="int8", representative_data=x_train[:100]
     )
-    counts = _op_counts(qat.path)
-    assert counts == _op_counts(ptq.path)
+    counts = te.op_counts(qat.path)
+    assert counts == te.op_counts(ptq.path)
     assert counts["QUANTIZE"] == counts["DEQUANTIZE"] == 1 and "MUL" not in counts
     assert counts["ADD"] == 1  # the residual Add, in int8

@@ -68,10 +68,9 @@ def test_scheduled_pruning_fitted_without_its_callbacks_is_reported(digits):
     pruned = scheme.apply(_dense(32))
     pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     pruned.fit(x, y, epochs=1, batch_size=64, verbose=0)  # no callbacks=kc.callbacks(scheme)
+    info = kc.summary(pruned, print_fn=None)
+    assert "schedule has not run" in info.skipped["fc1"]
     with pytest.warns(UserWarning, match=r"pruning schedule that never ran.*callbacks=kc.callbacks"):
-        info = kc.summary(pruned, print_fn=None)
-    assert "never ran" in info.skipped["fc1"]
-    with pytest.warns(UserWarning, match="never ran"):
         kc.strip(pruned)
     pruned.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=kc.callbacks(scheme))
     assert masking.never_pruned(pruned) == []
@@ -94,6 +93,16 @@ def test_compose_refuses_post_training_quantization():
 @pytest.mark.parametrize("density", [np.float32(0.5), np.float64(0.25), np.int64(1)])
 def test_density_accepts_numpy_scalars(density):
     assert kc.Prune(density).density == pytest.approx(float(density))
+
+
+def test_schedules_and_floors_accept_numpy_scalars():
+    schedule = kc.PolynomialDecay(
+        initial_sparsity=np.float32(0.1), end_step=np.float64(0.5), frequency=np.int64(5)
+    )
+    assert (schedule.end_step, schedule.frequency) == (0.5, 5) and schedule.in_fractions
+    assert kc.ConstantSparsity(np.float32(0.5), begin_step=np.int32(10)).begin_step == 10
+    prune = kc.Prune(np.float32(0.2), min_layer_density=np.float32(0.05), schedule=schedule)
+    assert prune.schedule.final_sparsity == pytest.approx(0.8)
 
 
 def test_density_too_small_for_one_weight_per_layer_names_the_smallest():
@@ -410,3 +419,18 @@ def test_apply_works_on_a_model_compiled_with_a_plain_python_loss():
     pruned = kc.Prune(0.5).apply(model)
     assert pruned.loss is my_loss
     assert kc.strip(pruned).loss is my_loss
+
+
+def test_integer_qat_folds_batchnorm_of_a_model_compiled_with_a_plain_python_loss():
+    def my_loss(y_true, y_pred):
+        return keras.ops.mean(keras.ops.square(y_true - y_pred))
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(8, 3, name="conv")(inputs)
+    h = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn")(h))
+    model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(keras.layers.Flatten()(h)))
+    model.compile("adam", my_loss, loss_weights=[0.5])
+    qat = kc.Quantize("int8", exclude=["bn"]).apply(model)  # the folded BN's name is still known
+    assert qat.loss is my_loss and qat._compile_config.config["loss_weights"] == [0.5]
+    assert "bn" not in [layer.name for layer in qat.layers]  # folded into the convolution

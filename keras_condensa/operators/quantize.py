@@ -92,7 +92,7 @@ class Quantize(Operator):
             return ()
         if path == spec.channel_weight and spec.kind == "filter":
             return spec.channel_axes
-        if path == "depthwise_kernel":
+        if path.rpartition(".")[2] == "depthwise_kernel":
             return (-2, -1)
         return ()
 

@@ -164,7 +164,8 @@ class _ChannelPrune(PruningOperator):
             score = masks.channel_scores(
                 current[spec.channel_weight], spec.channel_axes, self.criterion
             )
-            if id(wrapper) in scales and scales[id(wrapper)].size == score.size:
+            # A BatchNorm after a custom layer scales its output, not its nested layers.
+            if id(wrapper) in scales and not spec.prefix and scales[id(wrapper)].size == score.size:
                 score = score * scales[id(wrapper)]
             layout = graph.channels_of(wrapper) if graph is not None and not spec.prefix else None
             member = (wrapper, spec, paths, current, score)

@@ -362,6 +362,14 @@ class CompressionTuner(keras_tuner.Tuner):
         emptied by a crash of an older version while it was written).
         """
         try:
+            with open(os.path.join(self.project_dir, "oracle.json")) as f:
+                json.load(f)
+        except (OSError, ValueError):
+            pass  # the damaged state handled below
+        else:
+            super().reload()  # a damaged trial file is an error of its own, not caught here
+            return
+        try:
             super().reload()
         except ValueError as error:  # json.JSONDecodeError: an empty or partial oracle.json
             warnings.warn(
