@@ -41,7 +41,10 @@ CNNS = {
         input_shape=(96, 96, 3), alpha=0.35, weights=None, classes=10, classifier_activation=None
     ),
     "MobileNetV3Small": lambda: keras.applications.MobileNetV3Small(
-        input_shape=(96, 96, 3), weights=None, classes=10, include_preprocessing=False,
+        input_shape=(96, 96, 3),
+        weights=None,
+        classes=10,
+        include_preprocessing=False,
         classifier_activation=None,
     ),
     "EfficientNetB0": lambda: keras.applications.EfficientNetB0(
@@ -65,7 +68,11 @@ def digits_tokens():
     data = load_digits()
     grey = data.images.reshape(-1, 4, 2, 4, 2).mean(axis=(2, 4))
     tokens = (np.round(grey).astype("int32") + 1).reshape(-1, 16)
-    x = {"token_ids": tokens, "padding_mask": np.ones_like(tokens), "segment_ids": np.zeros_like(tokens)}
+    x = {
+        "token_ids": tokens,
+        "padding_mask": np.ones_like(tokens),
+        "segment_ids": np.zeros_like(tokens),
+    }
     return x, data.target
 
 
@@ -73,10 +80,17 @@ def bert():
     import keras_hub  # noqa: PLC0415
 
     backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=200, num_layers=2, num_heads=2, hidden_dim=64, intermediate_dim=128,
+        vocabulary_size=200,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=64,
+        intermediate_dim=128,
         max_sequence_length=16,
     )
-    inputs = {n: keras.Input((16,), dtype="int32", name=n) for n in ("token_ids", "padding_mask", "segment_ids")}
+    inputs = {
+        n: keras.Input((16,), dtype="int32", name=n)
+        for n in ("token_ids", "padding_mask", "segment_ids")
+    }
     outputs = keras.layers.Dense(10, name="logits")(backbone(inputs)["pooled_output"])
     return keras.Model(inputs, outputs, name="bert_classifier")
 
@@ -168,7 +182,10 @@ def ops_difference(qat, ptq):
 
 def print_tables(rows):
     print("\nCoverage and shrink (FilterPrune 0.5 + kc.shrink; LiteRT float32, batch 1, 1 thread)")
-    print("| model | params | covered | shrunk params | FLOPs dense -> shrunk | p50 ms dense -> shrunk (x) | max |masked - shrunk| |")
+    print(
+        "| model | params | covered | shrunk params | FLOPs dense -> shrunk "
+        "| p50 ms dense -> shrunk (x) | max |masked - shrunk| |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         if "shrunk_params" in r:
@@ -179,15 +196,21 @@ def print_tables(rows):
                 f"({r['shrunk_p50'] / r['p50']:.2f}x) | {r['shrink_diff']:.1e} |"
             )
         else:
-            print(f"| {r['model']} | {r['params']:,} | {r['covered']:.1%} | n/a | n/a | n/a | n/a |")
+            print(
+                f"| {r['model']} | {r['params']:,} | {r['covered']:.1%} | n/a | n/a | n/a | n/a |"
+            )
     print("\nint8: QAT (Prune 0.2 + Quantize int8, 1 epoch, own ranges) vs post-training int8")
-    print("| model | float top-1 agree | PTQ p50 ms | QAT p50 ms | QAT/PTQ | PTQ agree / max err | QAT agree / max err | QAT ops - PTQ ops |")
+    print(
+        "| model | float top-1 agree | PTQ p50 ms | QAT p50 ms | QAT/PTQ | PTQ agree / max err "
+        "| QAT agree / max err | QAT ops - PTQ ops |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['model']} | {r['float_agree']:.3f} | {r['ptq_p50']:.3f} | {r['qat_p50']:.3f} | "
             f"{r['qat_p50'] / r['ptq_p50']:.2f} | {r['ptq_agree']:.3f} / {r['ptq_err']:.3f} | "
-            f"{r['qat_agree']:.3f} / {r['qat_err']:.3f} | {ops_difference(r['qat_ops'], r['ptq_ops'])} |"
+            f"{r['qat_agree']:.3f} / {r['qat_err']:.3f} | "
+            f"{ops_difference(r['qat_ops'], r['ptq_ops'])} |"
         )
 
 

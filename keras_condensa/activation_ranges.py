@@ -92,7 +92,9 @@ def integer_quantizers(scheme):
     return [
         op
         for op in scheme.operators()
-        if isinstance(op, Quantize) and op.mode == "qat" and op.dtype in quantizers.BITS
+        if isinstance(op, Quantize)
+        and op.mode == "qat"
+        and op.dtype in quantizers.BITS
         and op.activations
     ]
 

@@ -75,7 +75,7 @@ def build_from_config(layer, build_config):
 
 
 def prebuild(source, target):
-    """Builds `target` (a copy of `source`) as `source` was built, and copies the names of its sublayers."""
+    """Builds `target`, a copy of `source`, as `source` was built; copies its sublayers' names."""
     build_config = source.get_build_config()
     if source.built and build_config and not target.built:
         with warnings.catch_warnings():

@@ -10,6 +10,7 @@ import keras
 
 
 def is_graph_model(layer):
+    """Whether `layer` is a Sequential or functional model (its layer graph is known)."""
     from keras.src.models.functional import Functional  # noqa: PLC0415 - no public alias
 
     return isinstance(layer, (keras.Sequential, Functional))

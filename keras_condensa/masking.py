@@ -7,23 +7,9 @@ import numpy as np
 from keras import ops
 
 from keras_condensa import dependency, reach
+from keras_condensa.graph_walk import is_graph_model
+from keras_condensa.graph_walk import leaf_layers as iter_leaf_layers
 from keras_condensa.wrappers import CompressionWrapper
-
-
-def is_graph_model(model):
-    """Whether `model` is Sequential or functional (its layer graph is known)."""
-    from keras.src.models.functional import Functional  # noqa: PLC0415 - no public alias
-
-    return isinstance(model, (keras.Sequential, Functional))
-
-
-def iter_leaf_layers(model):
-    """Yields the layers of `model`, descending into nested Sequential/functional models."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model) and is_graph_model(layer):
-            yield from iter_leaf_layers(layer)
-        elif not isinstance(layer, keras.layers.InputLayer):
-            yield layer
 
 
 def containers(model):

@@ -88,7 +88,9 @@ def _children(layer):
             pairs = [(f"{name}.{i}", v) for i, v in enumerate(value)]
         elif isinstance(value, dict):
             # A key with a dot would break the path; such a sublayer is reached through `_layers`.
-            pairs = [(f"{name}.{k}", v) for k, v in value.items() if isinstance(k, str) and "." not in k]
+            pairs = [
+                (f"{name}.{k}", v) for k, v in value.items() if isinstance(k, str) and "." not in k
+            ]
         else:
             continue
         for path, child in pairs:

@@ -75,38 +75,6 @@ def test_list_inputs_and_list_outputs_compare_every_output(quantize, tmp_path):
     assert np.abs(second - model.predict(x, verbose=0)[1]).max() < (0.1 if quantize else 1e-5)
 
 
-def test_keras_hub_bert_classifier_exports_in_float_and_int8(tmp_path):
-    keras_hub = pytest.importorskip("keras_hub")
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=200,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=64,
-        intermediate_dim=128,
-        max_sequence_length=16,
-    )
-    inputs = {
-        name: keras.Input((16,), dtype="int32", name=name)
-        for name in ("token_ids", "padding_mask", "segment_ids")
-    }
-    model = keras.Model(inputs, keras.layers.Dense(3)(backbone(inputs)["pooled_output"]))
-    rng = np.random.default_rng(0)
-    x = {
-        "token_ids": rng.integers(0, 200, (24, 16)).astype("int32"),
-        "padding_mask": (np.arange(16) < rng.integers(4, 17, (24, 1))).astype("int32"),
-        "segment_ids": np.zeros((24, 16), "int32"),
-    }
-    floats = export_quiet(model, tmp_path / "float.tflite")
-    assert floats.input_dtypes == ["int32", "int32", "int32"]
-    assert te.verify(floats, model, x).max_abs_error < 1e-4
-    ints = export_quiet(model, tmp_path / "int8.tflite", quantize="int8", representative_data=x)
-    assert ints.input_dtypes == ["int32", "int32", "int32"]
-    assert ints.bytes < 0.5 * floats.bytes
-    check = te.verify(ints, model, x)
-    assert check.max_abs_error < 0.1 and check.top1_agreement >= 0.9
-
-
 @pytest.mark.parametrize(
     "change, error, match",
     [
@@ -120,9 +88,7 @@ def test_keras_hub_bert_classifier_exports_in_float_and_int8(tmp_path):
         (lambda x: x["features"], TypeError, "must be a dict with key"),
     ],
 )
-def test_representative_data_not_matching_the_dict_names_the_input(
-    change, error, match, tmp_path
-):
+def test_representative_data_not_matching_the_dict_names_the_input(change, error, match, tmp_path):
     with pytest.raises(error, match=match):
         te.export(
             dict_model(),
@@ -144,14 +110,18 @@ def test_dynamic_sequence_length_is_a_clear_error_naming_the_input(tmp_path):
     tokens = keras.Input((None,), dtype="int32", name="token_ids")
     pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(20, 4)(tokens))
     model = keras.Model({"token_ids": tokens}, keras.layers.Dense(2)(pooled))
-    with pytest.raises(ValueError, match=r"Input 'token_ids' has unknown dimensions.*shape=\(16,\)"):
+    with pytest.raises(
+        ValueError, match=r"Input 'token_ids' has unknown dimensions.*shape=\(16,\)"
+    ):
         te.export(model, tmp_path / "m.tflite")
 
 
 RECURRENT = {
     "lstm": lambda: keras.layers.LSTM(16, name="recurrent"),
     "gru": lambda: keras.layers.GRU(16, name="recurrent"),
-    "bidirectional_lstm": lambda: keras.layers.Bidirectional(keras.layers.LSTM(16), name="recurrent"),
+    "bidirectional_lstm": lambda: keras.layers.Bidirectional(
+        keras.layers.LSTM(16), name="recurrent"
+    ),
     "bidirectional_gru": lambda: keras.layers.Bidirectional(keras.layers.GRU(16), name="recurrent"),
 }
 

@@ -94,7 +94,9 @@ def test_bert_encoders_are_pruned_inside_and_the_classifier_exports(tmp_path):
         and r.class_name in ("Dense", "EinsumDense", "MultiHeadAttention")
     ]
     assert len(inner) == 6  # 2 encoders x (attention + 2 feed-forward Dense)
-    assert all(r.pruned and 0.15 < r.density < 0.5 for r in inner), [(r.name, r.density) for r in inner]
+    assert all(r.pruned and 0.15 < r.density < 0.5 for r in inner), [
+        (r.name, r.density) for r in inner
+    ]
 
     final = kc.strip(pruned)
     assert kc.summary(final, print_fn=None).density < 0.35
@@ -103,6 +105,7 @@ def test_bert_encoders_are_pruned_inside_and_the_classifier_exports(tmp_path):
     assert exported.input_dtypes == ["int32"] * 3
     assert check.max_abs_error < 1e-4 and check.top1_agreement == 1.0
     exported, check = results["int8"]
+    assert exported.input_dtypes == ["int32"] * 3  # token ids stay integers
     assert exported.bytes < results[None][0].bytes
     assert check.top1_agreement >= 0.95
 

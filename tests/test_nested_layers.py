@@ -80,7 +80,7 @@ def test_dense_layers_inside_a_custom_layer_are_pruned_to_the_global_density(dig
     scheme = kc.Prune(density=0.2)
     with pytest.warns(UserWarning, match=r"cannot reach 64 trainable parameters.*block \(Block\)"):
         pruned = scheme.apply(model)
-    assert all(np.array_equal(a, b) for a, b in zip(before, weights_of(model)))  # untouched
+    assert all(np.array_equal(a, b) for a, b in zip(before, weights_of(model), strict=True))  # untouched
     info = kc.summary(pruned, print_fn=None)
     nested = _nested_density(pruned, ["block/expand", "block/branch0", "block/branch1"])
     assert all(0.05 < d < 0.5 for d in nested.values()), nested
@@ -91,7 +91,9 @@ def test_dense_layers_inside_a_custom_layer_are_pruned_to_the_global_density(dig
     final = kc.strip(pruned)
     assert not list(masking.iter_wrappers(final))
     assert isinstance(final.get_layer("block"), Block)
-    np.testing.assert_allclose(final.predict(x_val, verbose=0), pruned.predict(x_val, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(
+        final.predict(x_val, verbose=0), pruned.predict(x_val, verbose=0), atol=1e-5
+    )
     assert "block/expand" in {r.name for r in kc.summary(final, print_fn=None).rows}
     mask = next(masking.iter_wrappers(pruned)).masks["expand.kernel"]
     assert np.count_nonzero(final.get_layer("block").expand.kernel) == int(np.sum(mask))
@@ -105,7 +107,9 @@ def test_a_wrapped_custom_layer_saves_and_loads_with_its_masks(tmp_path, digits)
         pruned = compile_classifier(scheme.apply(block_model()))
     pruned.save(tmp_path / "pruned.keras")
     loaded = keras.saving.load_model(tmp_path / "pruned.keras")
-    np.testing.assert_allclose(loaded.predict(x_val, verbose=0), pruned.predict(x_val, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(x_val, verbose=0), pruned.predict(x_val, verbose=0), atol=1e-6
+    )
     loaded.fit(x, y, epochs=1, batch_size=64, verbose=0)
     kernel = kc.strip(loaded).get_layer("block").branches[1].kernel
     mask = next(masking.iter_wrappers(loaded)).masks["branches.1.kernel"]
@@ -133,7 +137,11 @@ def test_nested_layers_take_structured_pruning_and_quantization(digits):
         qat = compile_classifier(scheme.apply(block_model()))
     qat.fit(x, y, epochs=1, batch_size=64, verbose=0)
     wrapper = next(w for w in masking.iter_wrappers(qat) if w.layer.name == "block")
-    assert set(wrapper.quantized_weights) == {"expand.kernel", "branches.0.kernel", "branches.1.kernel"}
+    assert set(wrapper.quantized_weights) == {
+        "expand.kernel",
+        "branches.0.kernel",
+        "branches.1.kernel",
+    }
     mask = np.asarray(wrapper.masks["expand.kernel"])
     assert sorted(set(mask.sum(axis=0))) == [0.0, 64.0]  # whole neurons
     assert mask.sum(axis=0).astype(bool).sum() == 64
@@ -145,15 +153,19 @@ def test_a_subclassed_model_is_compressed_and_strip_gives_back_its_class(digits)
     model = compile_classifier(Classifier())
     model.fit(x, y, epochs=2, batch_size=64, verbose=0)
     before = weights_of(model)
-    scheme = kc.Prune(0.25, schedule=kc.PolynomialDecay(end_step=0.5, frequency=5), exclude=["head"])
+    scheme = kc.Prune(
+        0.25, schedule=kc.PolynomialDecay(end_step=0.5, frequency=5), exclude=["head"]
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         pruned = compile_classifier(scheme.apply(model))
     pruned.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=kc.callbacks(scheme))
-    assert all(np.array_equal(a, b) for a, b in zip(before, weights_of(model)))
+    assert all(np.array_equal(a, b) for a, b in zip(before, weights_of(model), strict=True))
     final = kc.strip(pruned)
     assert isinstance(final, Classifier) and final.name == model.name
-    np.testing.assert_allclose(final.predict(x_val, verbose=0), pruned.predict(x_val, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(
+        final.predict(x_val, verbose=0), pruned.predict(x_val, verbose=0), atol=1e-5
+    )
     assert kc.summary(final, print_fn=None).rows[-1].density == 1.0  # the excluded head
     assert pruned.evaluate(x_val, verbose=0, y=_y_val(digits))[1] > 0.8
 
@@ -173,7 +185,9 @@ def test_a_subclassed_model_that_cannot_be_copied_says_what_it_needs():
 
     model = Opaque(keras.layers.Dense(4))
     model(np.zeros((2, 8), "float32"))
-    with pytest.raises(TypeError, match=r"(?s)Cannot copy subclassed model.*get_config\(\) that returns"):
+    with pytest.raises(
+        TypeError, match=r"(?s)Cannot copy subclassed model.*get_config\(\) that returns"
+    ):
         kc.Prune(0.5).apply(model)
 
 
@@ -201,7 +215,9 @@ def test_bidirectional_and_time_distributed_layers_are_reached():
     assert paths["td"] == {"layer.kernel"}
     assert kc.summary(pruned, print_fn=None).masked_density == pytest.approx(0.3, abs=0.01)
     x = np.random.default_rng(0).integers(0, 50, (8, 12)).astype("int32")
-    np.testing.assert_allclose(kc.strip(pruned).predict(x, verbose=0), pruned.predict(x, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(
+        kc.strip(pruned).predict(x, verbose=0), pruned.predict(x, verbose=0), atol=1e-5
+    )
 
 
 @keras.saving.register_keras_serializable(package="test_nested_layers")
@@ -224,7 +240,9 @@ def test_a_custom_layer_without_build_and_auto_named_sublayers_keeps_its_masks(d
     outputs = keras.layers.Dense(10, name="logits")(LazyBlock(name="lazy")(inputs))
     model = compile_classifier(keras.Model(inputs, outputs))
     hidden_name = model.get_layer("lazy").hidden.name  # an automatic name, e.g. "dense_12"
-    scheme = kc.Prune(0.2, include=[hidden_name], schedule=kc.PolynomialDecay(end_step=0.5, frequency=5))
+    scheme = kc.Prune(
+        0.2, include=[hidden_name], schedule=kc.PolynomialDecay(end_step=0.5, frequency=5)
+    )
     pruned = scheme.apply(model)
     assert pruned.get_layer("lazy_compressed").layer.hidden.name == hidden_name
     pruned.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=kc.callbacks(scheme))
@@ -233,7 +251,9 @@ def test_a_custom_layer_without_build_and_auto_named_sublayers_keeps_its_masks(d
     loaded.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=kc.callbacks(scheme))
     # The reloaded sublayer has another automatic name: its mask is kept, not reset to ones.
     (wrapper,) = [w for w in masking.iter_wrappers(loaded)]
-    assert float(np.mean(np.asarray(wrapper.masks["hidden.kernel"]))) == pytest.approx(0.2, abs=0.01)
+    assert float(np.mean(np.asarray(wrapper.masks["hidden.kernel"]))) == pytest.approx(
+        0.2, abs=0.01
+    )
 
 
 def test_apply_keeps_the_compile_set_up_of_a_compiled_model():
@@ -248,6 +268,9 @@ def test_apply_keeps_the_compile_set_up_of_a_compiled_model():
         warnings.simplefilter("ignore", UserWarning)
         pruned = kc.Prune(0.5).apply(model)
     config = pruned._compile_config.config
-    assert isinstance(pruned.optimizer, keras.optimizers.SGD) and pruned.optimizer is not model.optimizer
+    assert (
+        isinstance(pruned.optimizer, keras.optimizers.SGD)
+        and pruned.optimizer is not model.optimizer
+    )
     assert config["run_eagerly"] is True
     assert config["metrics"][0] is not model._compile_config.config["metrics"][0]

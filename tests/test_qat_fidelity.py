@@ -1,6 +1,5 @@
 """int8 QAT deploys like post-training int8: BatchNorm folded, one range per tensor, same file."""
 
-
 import keras
 import numpy as np
 import pytest
@@ -52,8 +51,14 @@ def test_batchnorm_folds_into_conv_depthwise_and_dense_exactly():
         if isinstance(layer, keras.layers.BatchNormalization):
             n = layer.moving_mean.shape[0]
             rng = np.random.default_rng(len(layer.name))
-            layer.set_weights([rng.uniform(0.5, 2, n), rng.normal(size=n), rng.normal(size=n),
-                               rng.uniform(0.1, 3, n)])
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 2, n),
+                    rng.normal(size=n),
+                    rng.normal(size=n),
+                    rng.uniform(0.1, 3, n),
+                ]
+            )
     folded, names = batchnorm_fold.fold_batchnorms(model)
     assert sorted(names) == ["dw_bn", "head_bn", "project_bn", "stem_bn"]
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)

@@ -53,9 +53,24 @@ def _error_lines(capsys):
 
 
 def _search_args(files, model, out, *extra):
-    return ["search", model, "--data", files["data"], "--max-drop", "0.5", "--max-trials", "2",
-            "--epochs", "0", "--objective", "nonzero_params", "--out", str(out), "--quiet",
-            *extra]
+    return [
+        "search",
+        model,
+        "--data",
+        files["data"],
+        "--max-drop",
+        "0.5",
+        "--max-trials",
+        "2",
+        "--epochs",
+        "0",
+        "--objective",
+        "nonzero_params",
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
 
 
 # ----------------------------------------------------------------------
@@ -70,7 +85,9 @@ def test_scheduled_pruning_fitted_without_its_callbacks_is_reported(digits):
     pruned.fit(x, y, epochs=1, batch_size=64, verbose=0)  # no callbacks=kc.callbacks(scheme)
     info = kc.summary(pruned, print_fn=None)
     assert "schedule has not run" in info.skipped["fc1"]
-    with pytest.warns(UserWarning, match=r"pruning schedule that never ran.*callbacks=kc.callbacks"):
+    with pytest.warns(
+        UserWarning, match=r"pruning schedule that never ran.*callbacks=kc.callbacks"
+    ):
         kc.strip(pruned)
     pruned.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=kc.callbacks(scheme))
     assert masking.never_pruned(pruned) == []
@@ -107,7 +124,9 @@ def test_schedules_and_floors_accept_numpy_scalars():
 
 def test_density_too_small_for_one_weight_per_layer_names_the_smallest():
     model = _dense(16)  # kernels of 1,024 and 160 weights
-    with pytest.raises(ValueError, match=r"no item would be kept.*smallest density is 0\.00169 \(2 of 1184\)"):
+    with pytest.raises(
+        ValueError, match=r"no item would be kept.*smallest density is 0\.00169 \(2 of 1184\)"
+    ):
         kc.Prune(1e-5).apply(model)
 
 
@@ -144,9 +163,13 @@ def test_tuner_refuses_non_finite_data(digits, tmp_path):
     x[0, 0] = np.inf
     with pytest.raises(ValueError, match="train_data` x holds 1 non-finite"):
         kc.search.CompressionTuner(
-            _dense(16), scheme=lambda hp: kc.Prune(hp.Float("density", 0.1, 1.0)),
-            train_data=(x, y_train), validation_data=(x_val, y_val),
-            objective="nonzero_params", directory=str(tmp_path), project_name="p",
+            _dense(16),
+            scheme=lambda hp: kc.Prune(hp.Float("density", 0.1, 1.0)),
+            train_data=(x, y_train),
+            validation_data=(x_val, y_val),
+            objective="nonzero_params",
+            directory=str(tmp_path),
+            project_name="p",
         )
 
 
@@ -173,12 +196,17 @@ def test_gradual_pruning_stays_finite_and_exactly_zero_under_every_optimizer(dig
     # Noise keeps every input alive: Adafactor divides 0 by 0 on inputs that are always 0,
     # dense model or not.
     x = x_train[:256] + np.random.default_rng(0).normal(0, 0.05, (256, 64)).astype("float32")
-    scheme = kc.Prune(0.2, schedule=kc.PolynomialDecay(
-        initial_sparsity=0.0, begin_step=0, end_step=1.0, frequency=2))
+    scheme = kc.Prune(
+        0.2,
+        schedule=kc.PolynomialDecay(initial_sparsity=0.0, begin_step=0, end_step=1.0, frequency=2),
+    )
     pruned = scheme.apply(_dense(16))
-    pruned.compile(_OPTIMIZERS[name](), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    history = pruned.fit(x, y_train[:256], epochs=2, batch_size=32, verbose=0,
-                         callbacks=kc.callbacks(scheme))
+    pruned.compile(
+        _OPTIMIZERS[name](), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    history = pruned.fit(
+        x, y_train[:256], epochs=2, batch_size=32, verbose=0, callbacks=kc.callbacks(scheme)
+    )
     assert np.all(np.isfinite(history.history["loss"]))
     kept = []
     for wrapper in masking.iter_wrappers(pruned):
@@ -199,8 +227,9 @@ def _interrupt_first_trial(event, tuner, trial):
         raise KeyboardInterrupt
 
 
-def test_search_refuses_a_directory_holding_another_models_search(files, tmp_path, monkeypatch,
-                                                                   capsys):
+def test_search_refuses_a_directory_holding_another_models_search(
+    files, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "run"
     monkeypatch.setattr(cli, "_TEST_HOOK", _interrupt_first_trial)
     assert cli.main(_search_args(files, files["model"], out)) == 130
@@ -219,9 +248,14 @@ def test_tuner_refuses_a_project_of_other_data(files, tmp_path):
 
     def make(x):
         return kc.search.CompressionTuner(
-            model, scheme=lambda hp: kc.Prune(hp.Float("density", 0.1, 1.0)),
-            train_data=(x, y_train), validation_data=(x_val, y_val), max_accuracy_drop=0.5,
-            objective="nonzero_params", directory=str(tmp_path), project_name="p",
+            model,
+            scheme=lambda hp: kc.Prune(hp.Float("density", 0.1, 1.0)),
+            train_data=(x, y_train),
+            validation_data=(x_val, y_val),
+            max_accuracy_drop=0.5,
+            objective="nonzero_params",
+            directory=str(tmp_path),
+            project_name="p",
         )
 
     make(x_train).save()
@@ -230,8 +264,7 @@ def test_tuner_refuses_a_project_of_other_data(files, tmp_path):
     make(x_train)  # the same inputs resume
 
 
-def test_search_resumes_when_a_crash_emptied_its_oracle_state(files, tmp_path, monkeypatch,
-                                                               capsys):
+def test_search_resumes_when_a_crash_emptied_its_oracle_state(files, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     finished = []
 
@@ -258,8 +291,12 @@ def test_search_state_is_written_through_a_temporary_name(files, tmp_path, monke
     tuner = kc.search.CompressionTuner(
         keras.saving.load_model(files["model"]),
         scheme=lambda hp: kc.Prune(hp.Float("density", 0.1, 1.0)),
-        train_data=(x_train, y_train), validation_data=(x_val, y_val), max_accuracy_drop=0.5,
-        objective="nonzero_params", directory=str(tmp_path), project_name="p",
+        train_data=(x_train, y_train),
+        validation_data=(x_val, y_val),
+        max_accuracy_drop=0.5,
+        objective="nonzero_params",
+        directory=str(tmp_path),
+        project_name="p",
     )
     tuner.save()
     project = tmp_path / "p"
@@ -298,8 +335,9 @@ def test_export_refuses_to_write_over_its_input(files, tmp_path, capsys):
         ("compress", "small.tflite", "compress writes a .keras model"),
     ],
 )
-def test_outputs_must_have_the_extension_of_what_is_written(files, tmp_path, capsys, command,
-                                                             out, message):
+def test_outputs_must_have_the_extension_of_what_is_written(
+    files, tmp_path, capsys, command, out, message
+):
     args = [command, files["model"], "--out", str(tmp_path / out)]
     if command == "compress":
         args += ["--data", files["data"], "--scheme", "prune:0.5"]
@@ -324,8 +362,16 @@ def test_compress_refuses_non_finite_data_and_writes_nothing(files, tmp_path, ca
     data = tmp_path / "nan.npz"
     np.savez(data, x_train=x, y_train=y_train, x_val=x_val, y_val=y_val)
     out = tmp_path / "out.keras"
-    args = ["compress", files["model"], "--data", str(data), "--scheme", "prune:0.5",
-            "--out", str(out)]
+    args = [
+        "compress",
+        files["model"],
+        "--data",
+        str(data),
+        "--scheme",
+        "prune:0.5",
+        "--out",
+        str(out),
+    ]
     assert cli.main(args) == 2
     assert "x_train holds 1 non-finite value" in _error_lines(capsys)[0]
     assert not out.exists()
@@ -333,16 +379,25 @@ def test_compress_refuses_non_finite_data_and_writes_nothing(files, tmp_path, ca
 
 def _unwritable_args(files, command, target):
     return {
-        "compress": ["compress", files["model"], "--data", files["data"], "--scheme",
-                     "prune:0.5", "--out", str(target / "o.keras")],
+        "compress": [
+            "compress",
+            files["model"],
+            "--data",
+            files["data"],
+            "--scheme",
+            "prune:0.5",
+            "--out",
+            str(target / "o.keras"),
+        ],
         "export": ["export", files["model"], "--out", str(target / "o.tflite")],
         "search": _search_args(files, files["model"], target / "run"),
     }[command]
 
 
 @pytest.mark.parametrize("command", ["compress", "export", "search"])
-def test_unwritable_output_directory_exits_2_before_any_work(files, tmp_path, monkeypatch,
-                                                             capsys, command):
+def test_unwritable_output_directory_exits_2_before_any_work(
+    files, tmp_path, monkeypatch, capsys, command
+):
     target = tmp_path / "locked"
     target.mkdir()
     real_access = os.access
@@ -356,8 +411,9 @@ def test_unwritable_output_directory_exits_2_before_any_work(files, tmp_path, mo
 
 
 @pytest.mark.parametrize("command", ["compress", "search"])
-def test_output_under_a_regular_file_exits_2_before_any_work(files, tmp_path, monkeypatch,
-                                                            capsys, command):
+def test_output_under_a_regular_file_exits_2_before_any_work(
+    files, tmp_path, monkeypatch, capsys, command
+):
     target = tmp_path / "a_file"
     target.write_text("")
     monkeypatch.setattr(cli, "load_model", None)
@@ -365,8 +421,9 @@ def test_output_under_a_regular_file_exits_2_before_any_work(files, tmp_path, mo
     assert str(target) in _error_lines(capsys)[0]
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
-                    reason="root writes into read-only directories")
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only directories"
+)
 def test_chmod_read_only_output_directory_exits_2(files, tmp_path, capsys):
     target = tmp_path / "locked"
     target.mkdir()
@@ -387,14 +444,55 @@ def test_chmod_read_only_output_directory_exits_2(files, tmp_path, capsys):
     [
         (["bench", "{model}", "--runs", "0"], "--runs"),
         (["bench", "{model}", "--threads", "0"], "--threads"),
-        (["compress", "{model}", "--data", "{data}", "--scheme", "prune:0.5", "--epochs", "-1",
-          "--out", "o.keras"], "--epochs"),
-        (["compress", "{model}", "--data", "{data}", "--scheme", "prune:0.5", "--batch-size",
-          "0", "--out", "o.keras"], "--batch-size"),
-        (["search", "{model}", "--data", "{data}", "--max-drop", "1.5", "--out", "r"],
-         "--max-drop"),
-        (["search", "{model}", "--data", "{data}", "--max-drop", "0.1", "--max-trials", "0",
-          "--out", "r"], "--max-trials"),
+        (
+            [
+                "compress",
+                "{model}",
+                "--data",
+                "{data}",
+                "--scheme",
+                "prune:0.5",
+                "--epochs",
+                "-1",
+                "--out",
+                "o.keras",
+            ],
+            "--epochs",
+        ),
+        (
+            [
+                "compress",
+                "{model}",
+                "--data",
+                "{data}",
+                "--scheme",
+                "prune:0.5",
+                "--batch-size",
+                "0",
+                "--out",
+                "o.keras",
+            ],
+            "--batch-size",
+        ),
+        (
+            ["search", "{model}", "--data", "{data}", "--max-drop", "1.5", "--out", "r"],
+            "--max-drop",
+        ),
+        (
+            [
+                "search",
+                "{model}",
+                "--data",
+                "{data}",
+                "--max-drop",
+                "0.1",
+                "--max-trials",
+                "0",
+                "--out",
+                "r",
+            ],
+            "--max-trials",
+        ),
         (["demo", "--max-trials", "0"], "--max-trials"),
         (["demo", "--epochs", "-2"], "--epochs"),
     ],
