@@ -137,6 +137,10 @@ def _plan(scheme, model, folded=()):
                     reason = unit.reason  # a nested normalization layer or own variables
                 else:
                     reason = op.reason_unsupported(unit.layer, unit.spec)
+                if reason is None and unit.nested:
+                    reason = _unswappable(container, op.paths(unit.layer, unit.spec))
+                    if reason is not None:
+                        unreached.append(unit)
                 if reason is None:
                     arguments = op.wrapper_arguments(unit.layer, unit.spec)
                     if op.prunes and op.schedule is not None:
@@ -154,7 +158,8 @@ def _plan(scheme, model, folded=()):
                 unreached.append(unit)
     for op in scheme.operators():
         for argument in ("include", "exclude"):
-            unknown = [s for s in getattr(op, argument) if isinstance(s, str) and s not in seen_names]
+            names = [s for s in getattr(op, argument) if isinstance(s, str)]
+            unknown = [s for s in names if s not in seen_names]
             if unknown:
                 raise ValueError(
                     f"{type(op).__name__}({argument}=...) names layers that are not in model "
@@ -171,6 +176,24 @@ def _plan(scheme, model, folded=()):
 
 def _size(variable):
     return math.prod(variable.shape)
+
+
+def _unswappable(container, paths):
+    """Why the wrapper of `container` could not swap a nested weight in, or `None`.
+
+    The wrapper replaces the attribute that stores each weight while the
+    container runs; a weight held elsewhere (in a list, behind a property
+    with no backing attribute) cannot be replaced.
+    """
+    for path in paths:
+        try:
+            prunable.storage_of(container, path)
+        except (AttributeError, ValueError):
+            return (
+                f"its weight at attribute path '{path}' of '{container.name}' is not stored as a "
+                "plain attribute, so it cannot be swapped while the layer runs"
+            )
+    return None
 
 
 def _warn_unreached(scheme, model, unreached):
@@ -223,8 +246,8 @@ def _shell_inputs(model):
         raise ValueError(
             f"Model '{model.name}' ({type(model).__name__}) is subclassed and was built from "
             f"{sorted(config.get('shapes_dict', {})) or 'no recorded input shape'}: keras-condensa "
-            "needs the shape of its one input (a tensor, a list or a dict of tensors). Call it once "
-            "on a batch, model(x), or model.build(input_shape), before apply."
+            "needs the shape of its one input (a tensor, a list or a dict of tensors). Call it "
+            "once on a batch, model(x), or model.build(input_shape), before apply."
         )
     return keras.tree.map_shape_structure(
         lambda shape: keras.Input(batch_shape=(None, *tuple(shape)[1:])), shapes

@@ -80,7 +80,9 @@ def test_dense_layers_inside_a_custom_layer_are_pruned_to_the_global_density(dig
     scheme = kc.Prune(density=0.2)
     with pytest.warns(UserWarning, match=r"cannot reach 64 trainable parameters.*block \(Block\)"):
         pruned = scheme.apply(model)
-    assert all(np.array_equal(a, b) for a, b in zip(before, weights_of(model), strict=True))  # untouched
+    assert all(
+        np.array_equal(a, b) for a, b in zip(before, weights_of(model), strict=True)
+    )  # untouched
     info = kc.summary(pruned, print_fn=None)
     nested = _nested_density(pruned, ["block/expand", "block/branch0", "block/branch1"])
     assert all(0.05 < d < 0.5 for d in nested.values()), nested
@@ -274,3 +276,47 @@ def test_apply_keeps_the_compile_set_up_of_a_compiled_model():
     )
     assert config["run_eagerly"] is True
     assert config["metrics"][0] is not model._compile_config.config["metrics"][0]
+
+
+class _ListHeld(keras.layers.Layer):
+    """A layer that keeps its weight in a list and shows it through a property."""
+
+    def build(self, input_shape):
+        self._held = [self.add_weight(shape=(input_shape[-1], 4), name="w")]
+
+    @property
+    def kernel(self):
+        return self._held[0]
+
+    def call(self, x):
+        return x @ self.kernel
+
+
+kc.register_prunable(_ListHeld, lambda layer: kc.PruneSpec(weights=("kernel",)))
+
+
+@keras.saving.register_keras_serializable(package="test_nested_layers")
+class Holder(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = _ListHeld(name="held")
+        self.dense = keras.layers.Dense(4, name="ok")
+
+    def build(self, input_shape):
+        self.inner.build(input_shape)
+        self.dense.build((None, 4))
+
+    def call(self, x):
+        return self.dense(self.inner(x))
+
+
+def test_a_nested_weight_that_cannot_be_swapped_is_skipped_with_its_path_or_refused():
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, Holder(name="holder")(inputs))
+    with pytest.warns(UserWarning, match=r"cannot reach 32 .*holder/held"):
+        pruned = kc.Prune(0.5).apply(model)
+    (wrapper,) = masking.iter_wrappers(pruned)
+    assert wrapper.masked_weights == ("dense.kernel",)
+    assert kc.summary(pruned, print_fn=None).skipped["holder/held"] == "not covered by the scheme"
+    with pytest.raises(ValueError, match=r"attribute path 'inner.kernel' of 'holder'"):
+        kc.Prune(0.5, include=["held"]).apply(model)
