@@ -191,8 +191,8 @@ class CompressionWrapper(keras.layers.Wrapper):
         """
         value = self.weight(path)
         if path in self.masks:
-            mask = ops.cast(self.masks[path], value.dtype)
-            value = ops.where(ops.equal(mask, 0), ops.zeros((), value.dtype), ops.multiply(value, mask))
+            kept = ops.not_equal(self.masks[path], 0)
+            value = ops.where(kept, value, ops.zeros((), value.dtype))
         return value
 
     def effective_value(self, path):
