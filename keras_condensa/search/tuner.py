@@ -23,7 +23,7 @@ from keras_tuner import errors as kt_errors
 
 from keras_condensa.bench import keras_latency_ms
 from keras_condensa.callbacks import callbacks as scheme_callbacks
-from keras_condensa.compiling import check_finite_data
+from keras_condensa.compiling import check_finite_data, check_finite_losses
 from keras_condensa.distill import Distiller
 from keras_condensa.lc import LC
 from keras_condensa.lc import check_options as check_lc_options
@@ -621,11 +621,10 @@ class CompressionTuner(keras_tuner.Tuner):
                 verbose=self.verbose,
                 seed=self.seed,
             )
-        except (TypeError, ValueError) as e:  # the scheme does not apply to this model
+        except (TypeError, ValueError, FloatingPointError) as e:  # does not apply, or diverged
             raise kt_errors.FailedTrialError(
                 f"Trial {trial.trial_id}: fine_tune='lc' failed: {type(e).__name__}: {e}"
             ) from e
-        _check_finite(lc.history, trial)
         return final
 
     def _fingerprint(self, hp, objective):
@@ -808,12 +807,12 @@ def _is_compiled(model):
 
 
 def _check_finite(history, trial):
-    losses = history.history.get("loss", [])
-    if any(not math.isfinite(float(v)) for v in losses):
+    try:
+        check_finite_losses(history)
+    except FloatingPointError as e:
         raise kt_errors.FailedTrialError(
-            f"Trial {trial.trial_id} ({trial.hyperparameters.values}): fine-tuning diverged "
-            f"(loss {losses})."
-        )
+            f"Trial {trial.trial_id} ({trial.hyperparameters.values}): {e}"
+        ) from e
 
 
 def _fmt(value):
