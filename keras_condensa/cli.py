@@ -32,6 +32,7 @@ import warnings
 
 from keras_condensa import scheme_grammar
 from keras_condensa.bench import keras_latency_ms
+from keras_condensa.cli_checks import UsageError, check_paths, fraction, int_at_least
 from keras_condensa.compiling import check_finite_data, check_finite_losses
 from keras_condensa.search.oracle import trial_metric
 
@@ -51,10 +52,6 @@ _DATA_KEYS = ("x_train", "y_train", "x_val", "y_val")
 # Test-only hook: called as `_TEST_HOOK(event, tuner, trial)` with event
 # "trial_begin" or "trial_end" (a test raises KeyboardInterrupt from it).
 _TEST_HOOK = None
-
-
-class UsageError(Exception):
-    """Bad usage or bad input: exit status 2, one line on stderr."""
 
 
 class _Output:
@@ -246,129 +243,6 @@ def _check_fits(path, model, split, x, y):
             f"{path}: y_{split} has label {top} but the model has {outputs} output"
             f"{'s' if outputs != 1 else ''} (labels must be < {classes})"
         )
-
-
-# ----------------------------------------------------------------------
-# The validation layer: every subcommand's arguments are checked here, before
-# any work. Single values by argparse types (`_int_at_least`, `_fraction`);
-# files by `check_paths`, from one table of what each subcommand reads and
-# writes. Every failure is a `UsageError` or an argparse error: exit 2.
-
-# Per subcommand: the input files (attribute, what it is) and the output
-# (attribute, extension of the file written, or None for a directory).
-_INPUTS = {
-    "compress": (("model", "model"), ("data", "data")),
-    "search": (("model", "model"), ("data", "data")),
-    "export": (("model", "model"), ("data", "data")),
-    "bench": (("model", "model"), ("data", "data")),
-    "demo": (),
-}
-_OUTPUTS = {
-    "compress": ("out", ".keras"),
-    "search": ("out", None),
-    "export": ("out", ".tflite"),
-    "demo": ("out", None),
-}
-_WRITES = {".keras": "a .keras model", ".tflite": "a LiteRT (.tflite) file"}
-
-
-def _int_at_least(minimum):
-    """An argparse type: an integer >= `minimum`."""
-
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def _fraction(text):
-    """An argparse type: a number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
-    if not 0 <= value <= 1:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
-    return value
-
-
-def _check_writable(directory, flag):
-    """Raises unless files can be created in the existing `directory`."""
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise UsageError(
-            f"{flag}: cannot write to {directory} (permission denied); choose a writable location"
-        )
-    try:  # os.access cannot see read-only mounts under root, ACLs or full quotas.
-        fd, probe = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as e:
-        raise UsageError(
-            f"{flag}: cannot write to {directory} ({e.strerror}); choose a writable location"
-        ) from None
-
-
-def _same_file(a, b):
-    if os.path.exists(a) and os.path.exists(b):
-        return os.path.samefile(a, b)
-    return os.path.realpath(a) == os.path.realpath(b)
-
-
-def _check_output(args, attr, extension):
-    path = getattr(args, attr)
-    flag = f"--{attr}"
-    for name, _ in _INPUTS[args.command]:
-        source = getattr(args, name, None)
-        if source and _same_file(path, source):
-            raise UsageError(
-                f"{flag} {path} is the input {name} file; writing there would destroy it. "
-                f"Choose another {flag}"
-            )
-    if extension is None:  # a directory, created if need be
-        if os.path.exists(path) and not os.path.isdir(path):
-            raise UsageError(f"{flag} {path} exists and is not a directory")
-        existing = os.path.abspath(path)
-        while not os.path.exists(existing):
-            existing = os.path.dirname(existing)
-        if not os.path.isdir(existing):
-            raise UsageError(f"{flag} {path}: {existing} is a file, not a directory")
-        _check_writable(existing, flag)
-        return
-    if not path.lower().endswith(extension):
-        raise UsageError(
-            f"{flag} {path}: {args.command} writes {_WRITES[extension]}; give a file name "
-            f"ending in {extension}"
-        )
-    if os.path.isdir(path):
-        raise UsageError(f"{flag} {path} is a directory; give a file name")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise UsageError(f"{flag} {path}: {parent} is not an existing directory")
-    _check_writable(parent, flag)
-
-
-def check_paths(args):
-    """Checks a parsed command line's files before any work.
-
-    Inputs must exist; an output must not be an input, must have the
-    extension of what is written, and its directory must be writable.
-
-    Raises:
-        UsageError: naming the argument, the path and the fix.
-    """
-    for name, kind in _INPUTS[args.command]:
-        path = getattr(args, name, None)
-        if path is not None and not os.path.isfile(path):
-            what = "not a file" if os.path.exists(path) else "not found"
-            raise UsageError(f"{kind} file {what}: {path}")
-    if args.command in _OUTPUTS:
-        _check_output(args, *_OUTPUTS[args.command])
 
 
 def _chmod_default(path):
@@ -1109,9 +983,9 @@ def build_parser():
     p.add_argument("model", help="the trained .keras model")
     p.add_argument("--data", required=True, help=".npz with x_train, y_train, x_val, y_val")
     p.add_argument("--scheme", required=True, help=scheme_grammar.HELP)
-    p.add_argument("--epochs", type=_int_at_least(0), default=1,
+    p.add_argument("--epochs", type=int_at_least(0), default=1,
                    help="fine-tuning epochs (default 1)")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=32, help=argparse.SUPPRESS)
+    p.add_argument("--batch-size", type=int_at_least(1), default=32, help=argparse.SUPPRESS)
     p.add_argument(
         "--fine-tune", choices=("mask", "lc", "distill", "none"), default="mask",
         help="mask: fine-tune with the masks enforced (default); lc: Condensa's L-C optimizer "
@@ -1138,19 +1012,19 @@ def build_parser():
     p.add_argument("model", help="the trained .keras model")
     p.add_argument("--data", required=True, help=".npz with x_train, y_train, x_val, y_val")
     floor = p.add_mutually_exclusive_group(required=True)
-    floor.add_argument("--accuracy-floor", type=_fraction,
+    floor.add_argument("--accuracy-floor", type=fraction,
                        help="absolute validation accuracy floor")
     floor.add_argument(
-        "--max-drop", type=_fraction, help="floor = dense validation accuracy minus this (e.g. 0.01)"
+        "--max-drop", type=fraction, help="floor = dense validation accuracy minus this (e.g. 0.01)"
     )
     p.add_argument("--objective", choices=_OBJECTIVES, default="tflite_bytes",
                    help="the cost to minimise (default tflite_bytes)")
     p.add_argument(
-        "--max-trials", type=_int_at_least(1), default=10,
+        "--max-trials", type=int_at_least(1), default=10,
         help="trials in all (default 10); the search ends sooner once the boundary is "
         "located (another trial expected to save under 4%%)",
     )
-    p.add_argument("--epochs", type=_int_at_least(0), default=1,
+    p.add_argument("--epochs", type=int_at_least(0), default=1,
                    help="fine-tuning epochs per trial (default 1)")
     p.add_argument(
         "--fine-tune", choices=("mask", "lc", "distill"), default="mask",
@@ -1200,8 +1074,8 @@ def build_parser():
     )
     p.add_argument("model", help="a .keras model or a .tflite file")
     p.add_argument("--data", help=".npz; inputs from x_val (and accuracy for .keras)")
-    p.add_argument("--runs", type=_int_at_least(1), default=200, help="timed runs (default 200)")
-    p.add_argument("--threads", type=_int_at_least(1), default=1,
+    p.add_argument("--runs", type=int_at_least(1), default=200, help="timed runs (default 200)")
+    p.add_argument("--threads", type=int_at_least(1), default=1,
                    help="LiteRT threads (default 1)")
     p.set_defaults(run=cmd_bench)
 
@@ -1213,17 +1087,17 @@ def build_parser():
         "activations), verify it and compare it with the dense model.",
     )
     p.add_argument(
-        "--max-trials", type=_int_at_least(1), default=10,
+        "--max-trials", type=int_at_least(1), default=10,
         help="trials at most (default 10; fewer once the boundary is located)",
     )
-    p.add_argument("--epochs", type=_int_at_least(0), default=2,
+    p.add_argument("--epochs", type=int_at_least(0), default=2,
                    help="fine-tuning epochs per trial (default 2)")
     p.add_argument(
         "--out", default="demo_out", help="output directory, replaced (default demo_out)"
     )
     p.add_argument("--objective", choices=_OBJECTIVES, default="tflite_gzip_bytes",
                    help=argparse.SUPPRESS)
-    p.add_argument("--dense-epochs", type=_int_at_least(1), default=20, help=argparse.SUPPRESS)
+    p.add_argument("--dense-epochs", type=int_at_least(1), default=20, help=argparse.SUPPRESS)
     p.set_defaults(run=_cmd_demo)
     return parser
 
