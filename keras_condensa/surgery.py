@@ -111,13 +111,14 @@ def _plan(scheme, model, folded=()):
     """Decides how each covered layer is wrapped.
 
     Returns:
-        `(plan, skipped, unreached)`: `{id(container): wrapper arguments}`,
-        `{layer name: reason}` for weighted layers left as they are, and the
-        units that no operator can reach although one selects them.
+        `(plan, skipped, unreached, covered)`: `{id(container): wrapper
+        arguments}`, `{layer name: reason}` for weighted layers left as they
+        are, `{unit name: unit}` for the units that no operator can reach
+        although one selects them, and `{operator: parameters it masks}`.
         `folded` names layers folded away before planning (BatchNorms folded into
         their convolutions for integer QAT): include=/exclude= may still name them.
     """
-    plan, skipped, unreached, seen_names = {}, {}, [], set(folded)
+    plan, skipped, unreached, covered, seen_names = {}, {}, {}, {}, set(folded)
     for container in masking.containers(model):
         if isinstance(container, CompressionWrapper):
             raise ValueError(
@@ -140,9 +141,13 @@ def _plan(scheme, model, folded=()):
                 if reason is None and unit.nested:
                     reason = _unswappable(container, op.paths(unit.layer, unit.spec))
                     if reason is not None:
-                        unreached.append(unit)
+                        unreached[unit.name] = unit
                 if reason is None:
                     arguments = op.wrapper_arguments(unit.layer, unit.spec)
+                    masked = arguments.get("masked_weights", ())
+                    covered[op] = covered.get(op, 0) + sum(
+                        _size(prunable.resolve(container, p)) for p in masked
+                    )
                     if op.prunes and op.schedule is not None:
                         arguments["scheduled"] = True
                     _merge(plan.setdefault(id(container), {}), arguments, unit)
@@ -155,7 +160,7 @@ def _plan(scheme, model, folded=()):
                 else:
                     skipped[unit.name] = f"{type(unit.layer).__name__}: {reason}"
             if selected and unit.spec is None and prunable.not_pruned_reason(unit.layer) is None:
-                unreached.append(unit)
+                unreached[unit.name] = unit
     for op in scheme.operators():
         for argument in ("include", "exclude"):
             names = [s for s in getattr(op, argument) if isinstance(s, str)]
@@ -171,7 +176,7 @@ def _plan(scheme, model, folded=()):
             f"The scheme {scheme!r} covers no layer of model '{model.name}': {why}. "
             "Check include=/exclude=, or choose an operator that supports these layers."
         )
-    return plan, skipped, unreached
+    return plan, skipped, unreached, covered
 
 
 def _size(variable):
@@ -196,8 +201,9 @@ def _unswappable(container, paths):
     return None
 
 
-def _warn_unreached(scheme, model, unreached):
+def _warn_unreached(model, unreached, covered):
     """Warns with the trainable parameters that no operator can reach, and the density reached."""
+    unreached = list(unreached.values())
     params = sum(_size(v) for unit in unreached for v in unit.variables if v.trainable)
     if not params:
         return
@@ -205,37 +211,21 @@ def _warn_unreached(scheme, model, unreached):
     names = ", ".join(f"{u.name} ({type(u.layer).__name__})" for u in unreached[:8])
     more = f" and {len(unreached) - 8} more" if len(unreached) > 8 else ""
     densities = []
-    for op in scheme.operators():
-        if op.prunes:
-            covered = sum(
-                _size(prunable.resolve(c, p)) for c, args in _masked_paths(model, op) for p in args
+    for op, masked in covered.items():
+        if op.prunes and masked:
+            reached = (op.density * masked + params) / (masked + params)
+            densities.append(
+                f"{type(op).__name__}(density={op.density:g}) reaches about {reached:.3f} over "
+                "the weights it was asked to cover"
             )
-            if covered:
-                reached = (op.density * covered + params) / (covered + params)
-                densities.append(
-                    f"{type(op).__name__}(density={op.density:g}) reaches about {reached:.3f} over "
-                    "the weights it was asked to cover"
-                )
     warnings.warn(
         f"The scheme cannot reach {params:,} trainable parameters ({params / max(total, 1):.1%} "
-        f"of model '{model.name}') in layers of kinds it does not know: {names}{more}. "
+        f"of model '{model.name}') in layers it cannot reach: {names}{more}. "
         + ("; ".join(densities) + ". " if densities else "")
         + "Register them with kc.register_prunable (or implement kc.PrunableLayer), or name them "
         "in exclude= to leave them dense on purpose.",
         stacklevel=4,
     )
-
-
-def _masked_paths(model, op):
-    """`(container, paths)` of the weights `op` masks, by the plan's rules (before wrapping)."""
-    for container in masking.containers(model):
-        paths = []
-        for unit in reach.units(container):
-            if (unit.spec is not None or not unit.nested) and op.selects(unit.layer):
-                if op.reason_unsupported(unit.layer, unit.spec) is None:
-                    paths += list(op.paths(unit.layer, unit.spec))
-        if paths:
-            yield container, paths
 
 
 def _shell_inputs(model):
@@ -285,7 +275,7 @@ def apply_scheme(scheme, model):
     check_model(model, subclassed=True)
     names = {layer.name for layer in masking.containers(model)}
     model = batchnorm_fold.fold_for_scheme(scheme, model)
-    plan, skipped, unreached = _plan(scheme, model, folded=names)
+    plan, skipped, unreached, covered = _plan(scheme, model, folded=names)
     activation_ranges.place(scheme, model, plan)
 
     def clone_layer(layer):
@@ -302,7 +292,7 @@ def apply_scheme(scheme, model):
         clone = _wrap_subclassed(model, plan[id(model)])
     if skipped:
         logger.info("Layers left dense: %s", "; ".join(f"{n}: {r}" for n, r in skipped.items()))
-    _warn_unreached(scheme, model, unreached)
+    _warn_unreached(model, unreached, covered)
     masking.update_masks(scheme, clone, masking.initial_densities(scheme))
     return clone
 
