@@ -192,7 +192,7 @@ class CompressionWrapper(keras.layers.Wrapper):
         value = self.weight(path)
         if path in self.masks:
             kept = ops.not_equal(self.masks[path], 0)
-            value = ops.where(kept, value, ops.zeros((), value.dtype))
+            value = ops.where(kept, ops.convert_to_tensor(value), ops.zeros((), value.dtype))
         return value
 
     def effective_value(self, path):
