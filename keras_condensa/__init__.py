@@ -14,8 +14,9 @@ kc.summary(final)
 ```
 """
 
-from keras_condensa import search
-from keras_condensa.callbacks import UpdateMasks, callbacks
+import importlib as _importlib
+
+from keras_condensa.callbacks import UpdateMasks, callbacks, scheme_of
 from keras_condensa.dependency import ChannelRule, register_channel_rule
 from keras_condensa.distill import Distiller, distill
 from keras_condensa.lc import LC
@@ -23,6 +24,7 @@ from keras_condensa.operators import (
     BlockPrune,
     Compose,
     FilterPrune,
+    MaskOperator,
     NeuronPrune,
     NMPrune,
     Operator,
@@ -34,8 +36,8 @@ from keras_condensa.operators import (
 from keras_condensa.prunable import PrunableLayer, PruneSpec, register_prunable
 from keras_condensa.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
 from keras_condensa.shrink import shrink
+from keras_condensa.stripping import strip
 from keras_condensa.summary import Summary, summary
-from keras_condensa.surgery import strip
 from keras_condensa.version import __version__
 from keras_condensa.wrappers import CompressionWrapper
 
@@ -55,6 +57,7 @@ __all__ = [
     "CompressionWrapper",
     "Distiller",
     "LC",
+    "MaskOperator",
     "PruningOperator",
     "Quantize",
     "PruningSchedule",
@@ -66,8 +69,34 @@ __all__ = [
     "distill",
     "register_channel_rule",
     "register_prunable",
+    "scheme_of",
     "shrink",
     "search",
     "strip",
     "summary",
 ]
+
+# `search` needs Keras Tuner and scikit-learn (the `[search]` extra), so it is imported on
+# first use (PEP 562): `import keras_condensa` stays light, and `kc.search` works as before.
+_LAZY_SUBMODULES = {"search": ("keras_tuner", "sklearn", "scipy", "threadpoolctl")}
+_PIP_NAMES = {"keras_tuner": "keras-tuner", "sklearn": "scikit-learn"}
+
+
+def __getattr__(name):
+    if name not in _LAZY_SUBMODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        # import_module sets the submodule as an attribute of the package: this runs once.
+        return _importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as error:
+        missing = (error.name or "").split(".")[0]
+        if missing not in _LAZY_SUBMODULES[name]:
+            raise
+        raise ImportError(
+            f"keras_condensa.{name} needs {_PIP_NAMES.get(missing, missing)}, which is not "
+            f"installed. Install the {name} extra: pip install 'keras-condensa[{name}]'"
+        ) from error
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))

@@ -22,7 +22,7 @@ file computes only if its fake-quant ops sit on the same tensors:
 import keras
 
 from keras_condensa import graph_walk, quantizers
-from keras_condensa.wrappers import FIXED_RANGES, output_activation
+from keras_condensa.quantizers import FIXED_RANGES, output_activation
 
 # Layers whose output has the scale of their input in a LiteRT file.
 _PASSTHROUGH = (
@@ -86,17 +86,12 @@ def _is_float(tensor):
 
 
 def integer_quantizers(scheme):
-    """The int8/int4 quantization-aware `Quantize` operators of `scheme` with activations."""
-    from keras_condensa.operators.quantize import Quantize  # noqa: PLC0415 - operators import us
-
-    return [
-        op
-        for op in scheme.operators()
-        if isinstance(op, Quantize)
-        and op.mode == "qat"
-        and op.dtype in quantizers.BITS
-        and op.activations
-    ]
+    """`{index: operator}` of `scheme`'s operators that quantize activations (int8/int4 QAT)."""
+    return {
+        index: op
+        for index, op in enumerate(scheme.operators())
+        if getattr(op, "quantizes_activations", False)
+    }
 
 
 def _fused_activation(layer):
@@ -118,7 +113,7 @@ def _fused_activation(layer):
 
 
 def _activation_only(layer, ops):
-    """The Quantize operator covering a layer without weights, or `None`."""
+    """The index of the quantizer covering a layer without weights, or `None`."""
     if isinstance(layer, keras.Model) or not graph_walk.single_call(layer):
         return None
     if layer.weights and not isinstance(layer, keras.layers.BatchNormalization):
@@ -126,7 +121,7 @@ def _activation_only(layer, ops):
     tensors = graph_walk.input_tensors(layer) + graph_walk.output_tensors(layer)
     if len(graph_walk.output_tensors(layer)) != 1 or not all(_is_float(t) for t in tensors):
         return None
-    return next((op for op in ops if op.selects(layer)), None)
+    return next((index for index, op in ops.items() if op.selects(layer)), None)
 
 
 def place(scheme, model, plan):
@@ -135,9 +130,10 @@ def place(scheme, model, plan):
     Args:
         scheme: the scheme being applied.
         model: the model it is applied to.
-        plan: `{id(layer): CompressionWrapper arguments}` for the layers the
-            scheme wraps (as made by `surgery`); updated in place with
-            `activation_ranges` for int8/int4 QAT layers, and with
+        plan: `{id(layer): {"weights": ..., "layer": {operator index:
+            arguments}}}` for the layers the scheme wraps (as made by
+            `surgery`); updated in place with the `places` of the
+            activation quantizers of int8/int4 QAT layers, and with
             activation-only entries for the layers without weights that
             need a range (Add, ReLU after a convolution, pooling, ...).
 
@@ -155,16 +151,14 @@ def place(scheme, model, plan):
         inputs = [t for t in graph_walk.input_tensors(layer) if _is_float(t)]
         outputs = graph_walk.output_tensors(layer)
         inputs_ranged = all(id(t) in ranged for t in inputs)
-        arguments = plan.get(id(layer))
-        if arguments is None and not isinstance(layer, _PASSTHROUGH):
-            op = _activation_only(layer, ops)
-            if op is not None:
-                arguments = plan[id(layer)] = {
-                    "quantize": op.dtype,
-                    "quantized_weights": {},
-                    "quantize_activations": True,
-                }
-        if arguments is None or not arguments.get("quantize_activations"):
+        entry = plan.get(id(layer))
+        hooks = {i: a for i, a in (entry or {}).get("layer", {}).items() if i in ops}
+        if entry is None and not isinstance(layer, _PASSTHROUGH):
+            index = _activation_only(layer, ops)
+            if index is not None:
+                hooks = {index: {}}
+                entry = plan[id(layer)] = {"weights": {}, "layer": hooks}
+        if not hooks:
             if isinstance(layer, _PASSTHROUGH) and inputs_ranged and inputs:
                 ranged.update(id(t) for t in outputs)
             continue
@@ -185,8 +179,11 @@ def place(scheme, model, plan):
             if activation not in FIXED_RANGES or not graph_walk.consumers(layer):
                 places.append("output")
             ranged.update(id(t) for t in outputs)
-        if places or arguments.get("quantized_weights") or arguments.get("masked_weights"):
-            arguments["activation_ranges"] = places
-        else:
-            del plan[id(layer)]  # a sigmoid or softmax layer: the converter fixes its range
+        for index in hooks:
+            if places:
+                entry["layer"][index] = {"places": places}
+            else:
+                del entry["layer"][index]  # e.g. a softmax layer: the converter fixes its range
+        if not entry["weights"] and not entry["layer"]:
+            del plan[id(layer)]
     return plan

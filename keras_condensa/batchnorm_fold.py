@@ -183,5 +183,7 @@ def fold_for_scheme(scheme, model):
     ops = activation_ranges.integer_quantizers(scheme)
     if not ops or not graph_walk.is_graph_model(model):
         return model
-    folded, _ = fold_batchnorms(model, select=lambda layer: any(op.selects(layer) for op in ops))
+    folded, _ = fold_batchnorms(
+        model, select=lambda layer: any(op.selects(layer) for op in ops.values())
+    )
     return folded

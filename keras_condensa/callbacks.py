@@ -1,11 +1,41 @@
-"""Callbacks that prune during `fit`: mask updates on schedule, exact zeros."""
+"""Callbacks that run a scheme's updates during `fit`: masks on schedule, exact zeros."""
 
 import warnings
 
 import keras
 
 from keras_condensa import masking
-from keras_condensa.operators.base import Operator
+from keras_condensa.operators.base import Operator, UpdateContext
+from keras_condensa.operators.compose import Compose
+
+
+def scheme_of(model):
+    """The scheme a wrapped model runs, rebuilt from its wrappers (also after loading a `.keras` file).
+
+    Args:
+        model: a model returned by `scheme.apply` (or loaded from its `.keras` file).
+
+    Returns:
+        The operator, or a `kc.Compose` of the operators.
+
+    Raises:
+        ValueError: the model has no `kc.CompressionWrapper`.
+
+    Example:
+
+    ```python
+    loaded = keras.saving.load_model("pruned.keras")
+    kc.scheme_of(loaded)      # e.g. Prune(density=0.1, ...)
+    loaded.fit(x, y, callbacks=kc.callbacks(loaded))
+    ```
+    """
+    operators = masking.operators_of(model)
+    if not operators:
+        raise ValueError(
+            f"Model '{model.name}' has no compressed layers: pass the model scheme.apply(model) "
+            "returned (or loaded from its .keras file), not the original."
+        )
+    return operators[0] if len(operators) == 1 else Compose(operators)
 
 
 class UpdateMasks(keras.callbacks.Callback):
@@ -19,15 +49,24 @@ class UpdateMasks(keras.callbacks.Callback):
     schedule's target.
 
     Args:
-        scheme: the operator or `kc.Compose` that was applied to the model.
+        scheme: the operator or `kc.Compose` that was applied to the model,
+            or the wrapped model itself (its scheme is read from its
+            wrappers, so a model loaded from `.keras` continues training).
     """
 
     def __init__(self, scheme):
         super().__init__()
+        if isinstance(scheme, keras.Model):
+            scheme = scheme_of(scheme)
         if not isinstance(scheme, Operator):
-            raise TypeError(f"UpdateMasks takes a keras_condensa scheme. Received: {scheme!r}")
+            raise TypeError(
+                f"UpdateMasks takes a keras_condensa scheme or the model it was applied to. "
+                f"Received: {scheme!r}"
+            )
         self.scheme = scheme
-        self._scheduled = [op for op in scheme.operators() if op.schedule is not None]
+        self._scheduled = {
+            index: op for index, op in enumerate(scheme.operators()) if op.schedule is not None
+        }
 
     def on_train_begin(self, logs=None):
         model = self.model
@@ -36,30 +75,40 @@ class UpdateMasks(keras.callbacks.Callback):
                 f"Model '{model.name}' has no pruned layers: fit the model returned by "
                 "scheme.apply(model), not the original."
             )
+        count = len(masking.operators_of(model))
+        if count != len(self.scheme.operators()):
+            raise ValueError(
+                f"Model '{model.name}' runs {count} operators but the scheme given to the "
+                f"callbacks has {len(self.scheme.operators())}: {self.scheme!r}. Pass the scheme "
+                "that was applied, or the model itself: kc.callbacks(model)."
+            )
         optimizer = getattr(model, "optimizer", None)
         self._start = int(optimizer.iterations.numpy()) if optimizer else 0
         epochs, steps = self.params.get("epochs"), self.params.get("steps")
         self._total = epochs * steps if epochs and steps else None
-        self._resolved = {op: op.schedule.resolve(self._total) for op in self._scheduled}
+        self._resolved = {
+            index: op.schedule.resolve(self._total) for index, op in self._scheduled.items()
+        }
         self._epoch_start = self._start
         self._step = self._start - 1
-        self._reached = {op: 0.0 for op in self._scheduled}
+        self._reached = dict.fromkeys(self._scheduled, 0.0)
         self._warned = set()
         if self._total is not None:
             last = self._total - 1
-            for op, schedule in self._resolved.items():
-                if schedule.end_step is not None and self._local(op, self._start + last) < schedule.end_step:
-                    self._warn(op, schedule.sparsity(self._local(op, self._start + last)))
+            for index, schedule in self._resolved.items():
+                local = self._local(index, self._start + last)
+                if schedule.end_step is not None and local < schedule.end_step:
+                    self._warn(index, schedule.sparsity(local))
 
-    def _local(self, op, step):
+    def _local(self, index, step):
         """The step as the schedule counts it: within this fit for fractions."""
-        return step - self._start if op.schedule.in_fractions else step
+        return step - self._start if self._scheduled[index].schedule.in_fractions else step
 
-    def _warn(self, op, reached):
-        self._warned.add(op)
-        schedule = self._resolved[op]
+    def _warn(self, index, reached):
+        self._warned.add(index)
+        schedule = self._resolved[index]
         warnings.warn(
-            f"{type(op).__name__} will reach sparsity {reached:.3f}, not its target "
+            f"{type(self._scheduled[index]).__name__} will reach sparsity {reached:.3f}, not its target "
             f"{schedule.final_sparsity:.3f}: the schedule ends at step {schedule.end_step} but "
             f"this fit runs {self._total} steps (from step {self._start}). Train longer, lower "
             "end_step, or give it as a fraction of the run (end_step=1.0).",
@@ -71,32 +120,27 @@ class UpdateMasks(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         self._step = self._epoch_start + batch
-        densities = {}
-        for op, schedule in self._resolved.items():
-            local = self._local(op, self._step)
+        due = {}
+        for index, schedule in self._resolved.items():
+            local = self._local(index, self._step)
             if schedule.should_prune(local):
-                sparsity = schedule.sparsity(local)
-                densities[op] = 1.0 - sparsity
-                self._reached[op] = sparsity
-        if densities:
-            for op in self.scheme.operators():
-                if op.prunes:
-                    densities.setdefault(op, None if op in self._resolved else op.density)
-            for op in self._resolved:
-                densities[op] = densities.get(op) or 1.0 - self._reached[op]
-            masking.update_masks(self.scheme, self.model, densities)
+                due[index] = UpdateContext(self.model, step=local, schedule=schedule)
+                self._reached[index] = schedule.sparsity(local)
+        if due:
+            masking.update(self.model, due)
 
     def on_train_end(self, logs=None):
-        for op, schedule in self._resolved.items():
-            if op not in self._warned and self._reached[op] < schedule.final_sparsity - 1e-6:
-                self._warn(op, self._reached[op])
+        for index, schedule in self._resolved.items():
+            if index not in self._warned and self._reached[index] < schedule.final_sparsity - 1e-6:
+                self._warn(index, self._reached[index])
 
 
 def callbacks(scheme):
-    """Returns the callbacks that prune `scheme`'s model during `fit`.
+    """Returns the callbacks that run `scheme`'s updates (pruning schedules) during `fit`.
 
     Args:
-        scheme: the operator or `kc.Compose` that was applied.
+        scheme: the operator or `kc.Compose` that was applied, or the
+            wrapped model (its scheme is read from its wrappers).
 
     Returns:
         A list of `keras.callbacks.Callback`.

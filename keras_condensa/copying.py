@@ -111,3 +111,31 @@ def compile_copy(copy, model):
     if getattr(model, "compiled", False):
         compiling.compile_like(copy, model)
     return copy
+
+
+def clone_with(model, clone_layer):
+    """Clones `model`, mapping each leaf layer through `clone_layer`.
+
+    `clone_layer(layer)` returns `(new_layer, copy_weights)`, where
+    `copy_weights()` is called once the new model is built.
+    """
+    copies = []
+
+    def clone_function(layer):
+        if not isinstance(layer, keras.layers.Layer):
+            return layer  # a stateless operation (`x + y` in a functional model)
+        new_layer, copy_weights = clone_layer(layer)
+        copies.append(copy_weights)
+        return new_layer
+
+    copied = clone(model, clone_function)
+    for copy_weights in copies:
+        copy_weights()
+    return compile_copy(copied, model)
+
+
+def plain_copy(layer):
+    """A copy of `layer` and the function that copies its weights, for `clone_with`."""
+    new = copy_layer(layer)
+    prebuild(layer, new)
+    return new, lambda: new.set_weights(layer.get_weights())

@@ -4,7 +4,8 @@
 `compute_loss` (the Keras 3 hook every backend's `fit` calls) to mix the
 compiled loss on the labels with Hinton's soft-target loss:
 `(1 - alpha) * loss(y, student) + alpha * T^2 * KL(softmax(teacher / T) ||
-softmax(student / T))`. Optimizers, callbacks (`kc.callbacks(scheme)` keeps a
+softmax(student / T))`, plus the losses the student's layers add (the
+operators' `losses`, L-C's penalty) unscaled. Optimizers, callbacks (`kc.callbacks(scheme)` keeps a
 pruned student's masks enforced) and the training loop stay Keras's.
 """
 
@@ -13,6 +14,7 @@ import numbers
 import keras
 from keras import ops
 
+from keras_condensa import surgery
 from keras_condensa.compiling import compile_like
 
 
@@ -100,9 +102,7 @@ class Distiller(keras.Model):
                 f"loss gets 1 - alpha). Received: alpha={alpha!r}"
             )
         if teacher.trainable:
-            from keras_condensa import surgery  # noqa: PLC0415 - surgery imports wrappers
-
-            teacher = surgery.strip(teacher)  # a copy, frozen below
+            teacher = surgery.unwrap(teacher)  # a copy, frozen below
             teacher.trainable = False
         self.student = student
         self.teacher = teacher
@@ -124,13 +124,19 @@ class Distiller(keras.Model):
         return ops.multiply(ops.mean(kl), t * t)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        hard = super().compute_loss(
+        # Keras's loss: the compiled loss on the labels plus the layers' `add_loss`
+        # terms (operators' losses, L-C's penalty), which distillation leaves whole.
+        total = super().compute_loss(
             x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
         )
         if self.alpha == 0.0:
-            return hard
-        soft = self.soft_loss(x, y_pred)
-        return ops.add(ops.multiply(hard, 1.0 - self.alpha), ops.multiply(soft, self.alpha))
+            return total
+        added = [ops.cast(loss, total.dtype) for loss in self.losses]
+        added = ops.sum(ops.stack(added)) if added else ops.zeros((), total.dtype)
+        hard = ops.subtract(total, added)
+        soft = ops.cast(self.soft_loss(x, y_pred), total.dtype)
+        mixed = ops.add(ops.multiply(hard, 1.0 - self.alpha), ops.multiply(soft, self.alpha))
+        return ops.add(mixed, added)
 
     def get_config(self):
         config = super().get_config()

@@ -12,22 +12,26 @@ uncompressed weights `w` and their compressed copy `theta`:
 - L step: a few mini-batches of the model's own loss plus
   `mu / 2 * ||w - theta - lambda / mu||^2` with its compiled optimizer.
 
-The L steps are one Keras `fit` on a copy of the model wrapped in a small
-`keras.Model` that adds the penalty through `add_loss`, so the optimizer,
-loss, and the TensorFlow and JAX training loops are Keras's; each L step is
+The L steps are one Keras `fit` on a copy of the model whose compressed
+weights carry an `LCPenalty` operator, which adds the penalty through the
+operators' loss mechanism, so the optimizer, loss, and the TensorFlow and JAX
+training loops are Keras's, and distillation composes with it; each L step is
 one "epoch" of that fit and a callback runs the C step and the multiplier
 update at its end. The model returned carries `theta`.
 """
 
 import math
 import numbers
+import warnings
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_condensa import masking, prunable
+from keras_condensa import masking, surgery
 from keras_condensa.compiling import check_finite_data, check_finite_losses, compile_like
+from keras_condensa.distill import distill
+from keras_condensa.model_checks import check_model
 from keras_condensa.operators.base import Operator
 
 
@@ -99,58 +103,82 @@ def check_projectable(scheme):
             )
 
 
-class _Penalized(keras.Model):
-    """Runs `inner` and adds `mu / 2 * sum ||w - target||^2` over the compressed weights."""
+@keras.saving.register_keras_serializable(package="keras_condensa")
+class LCPenalty(Operator):
+    """L-C's L-step penalty `mu / 2 * ||w - target||^2` on the weights a scheme covers.
 
-    def __init__(self, inner, keys, **kwargs):
-        super().__init__(**kwargs)
-        self.inner = inner
-        self._keys = tuple(keys)  # (layer name, weight path): strings, so nothing is tracked twice
-        self.mu = self.add_weight(name="mu", shape=(), initializer="zeros", trainable=False)
-        self.targets = [
-            self.add_weight(
-                name=f"target_{i}", shape=tuple(w.shape), initializer="zeros", trainable=False
-            )
-            for i, w in enumerate(self.penalized_weights())
+    An operator like any other: it leaves the weight as it is (`transform`
+    is the identity) and contributes the penalty through `losses`, so it
+    composes with other operators' losses and with distillation. `target`
+    (`theta + lambda / mu`) and `mu` are its per-weight state, set by the
+    C step.
+
+    Args:
+        scheme: the scheme L-C projects onto; the penalty covers the weights
+            its operators cover.
+    """
+
+    def __init__(self, scheme):
+        super().__init__()
+        self.scheme = scheme
+
+    def selects(self, layer):
+        return any(op.selects(layer) for op in self.scheme.operators())
+
+    def _covering(self, layer, spec):
+        return [
+            op
+            for op in self.scheme.operators()
+            if op.selects(layer) and op.reason_unsupported(layer, spec) is None
         ]
 
-    def penalized_weights(self):
-        layers = {layer.name: layer for layer in masking.iter_leaf_layers(self.inner)}
-        return [prunable.resolve(layers[name], path) for name, path in self._keys]
+    def reason_unsupported(self, layer, spec):
+        if self._covering(layer, spec):
+            return None
+        return super().reason_unsupported(layer, spec) or "no operator of the scheme covers it"
 
-    def call(self, inputs, training=None):
-        terms = [
-            ops.sum(ops.square(ops.subtract(w, t)))
-            for w, t in zip(self.penalized_weights(), self.targets, strict=True)
-        ]
-        self.add_loss(ops.multiply(ops.multiply(self.mu, 0.5), ops.sum(ops.stack(terms))))
-        return self.inner(inputs, training=training)
+    def paths(self, layer, spec):
+        paths = [p for op in self._covering(layer, spec) for p in op.paths(layer, spec)]
+        return tuple(dict.fromkeys(paths))
+
+    def build(self, wrapper, path, variable):
+        name = path.replace(".", "_")
+        target = wrapper.add_weight(
+            name=f"{name}_target", shape=variable.shape, initializer="zeros", trainable=False
+        )
+        mu = wrapper.add_weight(name=f"{name}_mu", shape=(), initializer="zeros", trainable=False)
+        return {"target": target, "mu": mu}
+
+    def losses(self, state, value):
+        distance = ops.sum(ops.square(ops.subtract(value, ops.cast(state["target"], value.dtype))))
+        return [ops.multiply(ops.multiply(ops.cast(state["mu"], value.dtype), 0.5), distance)]
+
+    def get_config(self):
+        return {"scheme": keras.saving.serialize_keras_object(self.scheme)}
 
 
 class _CStep(keras.callbacks.Callback):
     """At the end of each L step: C step, multiplier update, mu growth."""
 
-    def __init__(self, lc, penalized, projector, pairs):
+    def __init__(self, lc, projector, pairs):
         super().__init__()
-        self.lc, self.penalized, self.projector, self.pairs = lc, penalized, projector, pairs
+        self.lc, self.projector, self.pairs = lc, projector, pairs
         self.mu = lc.mu_init
-        self.lambdas = [np.zeros(tuple(w.shape), "float32") for w, _ in pairs]
+        self.lambdas = [np.zeros(tuple(t.weight(p).shape), "float32") for (t, p), _ in pairs]
         self.mus = []
 
     def project(self, shifted):
         """theta = the scheme's compression of `shifted` (one array per penalized weight)."""
         for (_, (wrapper, path)), value in zip(self.pairs, shifted, strict=True):
             wrapper.weight(path).assign(value)
-        masking.update_masks(
-            self.lc.scheme, self.projector, masking.initial_densities(self.lc.scheme)
-        )
+        masking.update(self.projector, masking.updates_at_apply(self.projector))
         return [
             np.asarray(ops.convert_to_numpy(wrapper.effective_value(path)))
             for _, (wrapper, path) in self.pairs
         ]
 
     def weights(self):
-        return [np.asarray(ops.convert_to_numpy(w)) for w, _ in self.pairs]
+        return [np.asarray(ops.convert_to_numpy(t.weight(p))) for (t, p), _ in self.pairs]
 
     def c_step(self, update_multipliers):
         w = self.weights()
@@ -160,9 +188,11 @@ class _CStep(keras.callbacks.Callback):
                 li - self.mu * (wi - ti) for li, wi, ti in zip(self.lambdas, w, theta, strict=True)
             ]
             self.mu = min(self.mu * self.lc.mu_multiplier, self.lc.mu_cap)
-        for target, ti, li in zip(self.penalized.targets, theta, self.lambdas, strict=True):
-            target.assign(ti + li / self.mu)
-        self.penalized.mu.assign(self.mu)
+        for ((trained, path), _), ti, li in zip(self.pairs, theta, self.lambdas, strict=True):
+            index = next(i for i in trained.chains[path] if isinstance(trained.operators[i], LCPenalty))
+            state = trained.states[(index, path)]
+            state["target"].assign(ti + li / self.mu)
+            state["mu"].assign(self.mu)
         self.mus.append(self.mu)
         return theta
 
@@ -276,8 +306,27 @@ class LC:
         self.history = None
         self.mus = []
 
-    def fit(self, model, x, y, epochs=1, batch_size=32, verbose=0, seed=None):
+    def fit(
+        self,
+        model,
+        x,
+        y,
+        epochs=1,
+        batch_size=32,
+        verbose=0,
+        seed=None,
+        teacher=None,
+        temperature=4.0,
+        alpha=0.9,
+        from_logits=True,
+    ):
         """Compresses `model` by L-C training on `(x, y)`; `model` is not modified.
+
+        The L steps minimise the model's loss plus the L-C penalty, which an
+        operator (`LCPenalty`) adds through the same loss mechanism as
+        every operator's `losses`; with `teacher=`, the loss on the labels is
+        mixed with distillation from the teacher's soft targets, as in
+        `kc.distill`.
 
         Args:
             model: a compiled, built Sequential or functional Keras model.
@@ -287,6 +336,8 @@ class LC:
             batch_size: mini-batch size.
             verbose: `fit`'s verbosity.
             seed: seed of the mini-batch order (`None`: NumPy's global state).
+            teacher: optional dense model to distill from during the L steps.
+            temperature, alpha, from_logits: distillation's, as in `kc.distill`.
 
         Returns:
             A new plain `keras.Model` (no wrappers) carrying the compressed
@@ -297,9 +348,7 @@ class LC:
                 are not positive integers, or `x`/`y` hold NaN or infinity.
             FloatingPointError: the training loss became NaN or infinite.
         """
-        from keras_condensa import surgery  # noqa: PLC0415 - surgery imports wrappers
-
-        surgery.check_model(model)
+        check_model(model)
         optimizer = getattr(model, "optimizer", None)
         if not getattr(model, "compiled", False) or optimizer is None or model.loss is None:
             raise ValueError(
@@ -314,24 +363,26 @@ class LC:
         check_finite_data("y", y)
 
         projector = self.scheme.apply(model)  # wrappers that compute theta; also validates
-        inner = surgery.strip(model)  # a plain copy of model: the trained weights w
-        leaves = {layer.name: layer for layer in masking.iter_leaf_layers(inner)}
-        pairs, keys = [], []
-        for wrapper in masking.iter_wrappers(projector):
-            for path in dict.fromkeys(wrapper.masked_weights + tuple(wrapper.quantized_weights)):
-                variable = prunable.resolve(leaves[wrapper.layer.name], path)
-                pairs.append((variable, (wrapper, path)))
-                keys.append((wrapper.layer.name, path))
-
-        penalized = _Penalized(inner, keys, name=f"{model.name}_lc")
-        compile_like(penalized, model, metrics=False)
-        c_step = _CStep(self, penalized, projector, pairs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # apply warned already about what it cannot reach
+            trained = LCPenalty(self.scheme).apply(model)  # the weights w, penalized
+        compile_like(trained, model, metrics=False)
+        wrappers = {w.layer.name: w for w in masking.iter_wrappers(trained)}
+        pairs = [
+            ((wrappers[wrapper.layer.name], path), (wrapper, path))
+            for wrapper in masking.iter_wrappers(projector)
+            for path in wrapper.chains
+        ]
+        c_step = _CStep(self, projector, pairs)
         c_step.c_step(update_multipliers=False)  # theta = scheme(w), lambda = 0
 
         batches_per_epoch = math.ceil(len(x) / batch_size)
         per_step = max(1, (epochs * batches_per_epoch) // self.steps)
         batches = _Batches(x, y, batch_size, per_step * self.steps, seed)
-        self.history = penalized.fit(
+        fitted = trained if teacher is None else distill(
+            trained, teacher, temperature=temperature, alpha=alpha, from_logits=from_logits
+        )
+        self.history = fitted.fit(
             batches,
             epochs=self.steps,
             steps_per_epoch=per_step,
@@ -342,9 +393,9 @@ class LC:
         self.mus = list(c_step.mus)
         check_finite_losses(self.history, "L-C training")
         theta = c_step.c_step(update_multipliers=False)
-        for (variable, _), value in zip(pairs, theta, strict=True):
-            variable.assign(value)
-        return compile_like(inner, model)
+        for ((wrapper, path), _), value in zip(pairs, theta, strict=True):
+            wrapper.weight(path).assign(value)
+        return compile_like(surgery.unwrap(trained), model)
 
     def get_config(self):
         return {

@@ -1,4 +1,4 @@
-"""Computing and enforcing masks over a wrapped model."""
+"""Running operators' host-side updates over a wrapped model, and enforcing masks."""
 
 import warnings
 
@@ -6,9 +6,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_condensa import dependency, reach
+from keras_condensa import dependency
 from keras_condensa.graph_walk import is_graph_model
 from keras_condensa.graph_walk import leaf_layers as iter_leaf_layers
+from keras_condensa.operators.base import Item, Operator, UpdateContext
 from keras_condensa.wrappers import CompressionWrapper
 
 
@@ -52,85 +53,121 @@ def iter_wrappers(model):
             yield layer
 
 
-def covered_items(op, wrappers):
-    """The weights `op` covers, as `(wrapper, spec, paths)`.
+def operators_of(model):
+    """The operators the wrappers of `model` run (the scheme's flat list), or `[]`."""
+    for wrapper in iter_wrappers(model):
+        return list(wrapper.operators)
+    return []
 
-    A wrapper around a custom layer gives one item per covered sublayer,
-    its spec's paths under the sublayer's attribute path.
+
+def _items(index, wrappers, raw):
+    """The weights operator `index` covers, as `Item`s grouped by layer, with their values.
+
+    A weight's value is what the operators before `index` in its chain make of it.
     """
     items = []
     for wrapper in wrappers:
-        for unit in reach.units(wrapper.layer):
-            if (unit.spec is None and unit.nested) or not op.selects(unit.layer):
+        groups = {}
+        for path, chain in wrapper.chains.items():
+            if index not in chain:
                 continue
-            if op.reason_unsupported(unit.layer, unit.spec) is not None:
-                continue
-            paths = tuple(p for p in op.paths(unit.layer, unit.spec) if p in wrapper.masked_weights)
-            if paths:
-                items.append((wrapper, unit.spec, paths))
+            unit = wrapper.unit_of(path)
+            key = id(unit)
+            if key not in groups:
+                groups[key] = Item(wrapper, unit.spec if unit else None, (), {}, {})
+                items.append(groups[key])
+            item = groups[key]
+            item.paths += (path,)
+            item.states[path] = wrapper.states[(index, path)]
+            value = raw.setdefault((id(wrapper), path), _numpy(wrapper.weight(path)))
+            before = chain[: chain.index(index)]
+            if before:
+                value = ops.convert_to_tensor(value)
+                for i in before:
+                    value = wrapper.operators[i].transform(wrapper.states[(i, path)], value, False)
+                value = _numpy(value)
+            item.values[path] = value
     return items
 
 
-def initial_densities(scheme):
-    """Densities at `apply` time: final for one-shot operators, none yet for scheduled ones."""
+def _numpy(value):
+    return np.asarray(ops.convert_to_numpy(value))
+
+
+def updates_at_apply(model):
+    """`{operator index: UpdateContext}` for the operators that update when a scheme is applied.
+
+    Those without a schedule (one-shot masks, like Condensa's); scheduled
+    ones update during `fit` through `kc.callbacks`.
+    """
     return {
-        op: (None if op.schedule is not None else op.density)
-        for op in scheme.operators()
-        if op.prunes
+        index: UpdateContext(model)
+        for index, op in enumerate(operators_of(model))
+        if op.schedule is None
     }
 
 
-def update_masks(scheme, model, densities):
-    """Recomputes every mask of `model` for `scheme` and zeroes the pruned weights.
+def update(model, contexts):
+    """Runs the `update` of some of `model`'s operators, in scheme order, and enforces masks.
 
-    Operators run in order; each sees the weights the previous ones left, and
-    a weight's mask is the product of the operators' masks; a weight no
-    operator computes a mask for now keeps its mask. Operators that
-    prune coupled channels together (`coupled_channels`) get the model's
-    channel dependency graph.
+    Each operator sees the weights as the operators before it leave them.
+    Where a mask is 0 the stored weight is zeroed, and so is the optimizer
+    state that could move it again (momentum, Adam's first moment): a pruned
+    weight gets zero gradient, so it then stays exactly zero.
 
     Args:
-        scheme: the operator or `Compose` that was applied.
         model: the wrapped model.
-        densities: `{operator: density}`; `None` leaves an operator out.
+        contexts: `{operator index: kc.operators.UpdateContext}`.
     """
     wrappers = list(iter_wrappers(model))
-    values = {
-        (id(w), p): np.asarray(ops.convert_to_numpy(w.weight(p).value))
-        for w in wrappers
-        for p in w.masked_weights
-    }
-    new_masks = {}
-    graph = None
-    for op in scheme.operators():
-        density = densities.get(op)
-        if density is None or not op.prunes:
-            continue
-        items = [
-            (w, spec, paths, {p: values[(id(w), p)] for p in paths})
-            for w, spec, paths in covered_items(op, wrappers)
-        ]
+    if not wrappers:
+        return
+    operators = wrappers[0].operators
+    graph = []
+
+    def graph_fn():
+        if not graph:
+            graph.append(
+                dependency.DependencyGraph(model, on_unknown="skip") if is_graph_model(model) else None
+            )
+        return graph[0]
+
+    raw, touched = {}, set()
+    for index in sorted(contexts):
+        op = operators[index]
+        if type(op).update is Operator.update:
+            continue  # no host-side state
+        items = _items(index, wrappers, raw)
         if not items:
             continue
-        extra = {}
-        if getattr(op, "coupled_channels", False) and is_graph_model(model):
-            graph = graph or dependency.DependencyGraph(model, on_unknown="skip")
-            extra["graph"] = graph
-        for key, mask in op.compute_masks(items, density, **extra).items():
-            values[key] = values[key] * mask
-            new_masks[key] = mask if key not in new_masks else new_masks[key] * mask
+        context = contexts[index]
+        context._graph_fn = graph_fn
+        op.update(items, context)
+        for item in items:
+            for path in item.paths:
+                touched.add((id(item.wrapper), path))
+                raw.pop((id(item.wrapper), path), None)  # an update may assign the weight too
+    _enforce(model, wrappers, touched)
+
+
+def _enforce(model, wrappers, touched):
+    """Zeroes the stored weights (and their optimizer momentum) where their masks are 0."""
     optimizer = getattr(model, "optimizer", None)
-    slots = _optimizer_slots(optimizer) if optimizer is not None and optimizer.built else []
-    for w in wrappers:
-        for p in w.masked_weights:
-            mask = new_masks.get((id(w), p))
+    slots = _optimizer_slots(optimizer) if optimizer is not None and optimizer.built else {}
+    for wrapper in wrappers:
+        masks = None
+        for path in wrapper.chains:
+            if (id(wrapper), path) not in touched:
+                continue
+            masks = wrapper.masks if masks is None else masks
+            mask = masks.get(path)
             if mask is None:
-                continue  # no operator computed it now (not due yet, or none selects it): kept
-            w.masks[p].assign(mask)
-            for slot in _slots_of(slots, w.weight(p)):
-                if tuple(slot.shape) == mask.shape:
-                    slot.assign(ops.multiply(slot, ops.convert_to_tensor(mask, slot.dtype)))
-        w.apply_masks()
+                continue
+            variable = wrapper.weight(path)
+            variable.assign(wrapper.masked_value(path))
+            for slot in slots.get(_slot_prefix(variable), ()):
+                if tuple(slot.shape) == tuple(mask.shape):
+                    slot.assign(ops.multiply(slot, ops.cast(mask, slot.dtype)))
 
 
 def _slot_prefix(variable):
@@ -154,7 +191,7 @@ _SCALING_SLOTS = (
 
 
 def _optimizer_slots(optimizer):
-    """Optimizer state that can move a weight whose gradient is zero: `[(name, slot)]`.
+    """Optimizer state that can move a weight whose gradient is zero: `{weight prefix: [slot]}`.
 
     A pruned weight gets exactly zero gradient (the forward pass masks it), so
     it stays at zero unless state from before pruning moves it: momentum
@@ -163,16 +200,16 @@ def _optimizer_slots(optimizer):
     the gradient (`_SCALING_SLOTS`) are kept, and so are factored ones
     (Adafactor's row and column statistics, whose shapes differ from the
     weight's). A `LossScaleOptimizer` lists its inner optimizer's slots.
+    Keras names a slot `{weight path with / as _}_{slot name}`.
     """
-    return [(slot.name, slot) for slot in optimizer.variables if slot.shape]
-
-
-def _slots_of(slots, variable):
-    """The slots of `slots` that belong to `variable` and can move it."""
-    prefix = _slot_prefix(variable) + "_"
-    return [
-        slot
-        for name, slot in slots
-        if name.startswith(prefix) and name[len(prefix) :] not in _SCALING_SLOTS
-    ]
+    slots = {}
+    for slot in optimizer.variables:
+        if not slot.shape:
+            continue
+        parts = slot.name.split("_")
+        for cut in range(1, len(parts)):  # every split `{prefix}_{name}`: the weight is unknown here
+            name = "_".join(parts[cut:])
+            if name not in _SCALING_SLOTS:
+                slots.setdefault("_".join(parts[:cut]), []).append(slot)
+    return slots
 

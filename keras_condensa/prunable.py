@@ -5,6 +5,7 @@ so subclasses of a supported layer are supported). A custom layer can either be
 registered with `register_prunable` or implement `PrunableLayer`.
 """
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 
@@ -193,6 +194,19 @@ def storage_of(layer, path):
         f"Cannot find where layer '{layer.name}' stores its weight '{path}'; "
         "prunable weights must be plain attributes of the layer."
     )
+
+
+@contextlib.contextmanager
+def swapped(swaps):
+    """Temporarily replaces `owner.attr` by `value` for each `(owner, attr, value)`."""
+    saved = [(owner, attr, vars(owner)[attr]) for owner, attr, _ in swaps]
+    try:
+        for owner, attr, value in swaps:
+            object.__setattr__(owner, attr, value)
+        yield
+    finally:
+        for owner, attr, value in saved:
+            object.__setattr__(owner, attr, value)
 
 
 def _bias(layer, path="bias"):

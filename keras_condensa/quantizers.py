@@ -11,6 +11,10 @@ import keras
 from keras import ops
 
 DTYPES = ("float16", "int8", "int4")
+# Activations whose int8 LiteRT kernels have a fixed output range: [min, max] of
+# the fake-quant that gives the kernel's scale (1/256 or 1/128) and zero point.
+FIXED_RANGES = {"sigmoid": (0.0, 255.0 / 256.0), "softmax": (0.0, 255.0 / 256.0),
+                "tanh": (-1.0, 127.0 / 128.0)}
 BITS = {"int8": 8, "int4": 4}
 # A channel (or tensor) of zeros still needs a non-empty range.
 _EPSILON = 1e-8
@@ -20,6 +24,16 @@ def check_dtype(dtype):
     """Raises unless `dtype` is a dtype `kc.Quantize` knows."""
     if dtype not in DTYPES:
         raise ValueError(f"Quantize dtype must be one of {DTYPES}. Received: dtype={dtype!r}")
+
+
+def output_activation(layer):
+    """The name of the activation that makes a layer's output (`"linear"` if none)."""
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    activation = getattr(layer, "activation", None)
+    if activation is None:
+        return "linear"
+    return getattr(activation, "__name__", type(activation).__name__)
 
 
 def _straight_through(x, quantized):

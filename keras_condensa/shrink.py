@@ -22,7 +22,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_condensa import channel_rules, dependency, masking, surgery
+from keras_condensa import channel_rules, copying, dependency, masking, surgery
+from keras_condensa.model_checks import check_model
 from keras_condensa.wrappers import CompressionWrapper
 
 logger = logging.getLogger("keras_condensa")
@@ -385,9 +386,9 @@ def shrink(model, align=None, on_unknown="error"):
     """
     if align is not None and (isinstance(align, bool) or not isinstance(align, int) or align < 1):
         raise ValueError(f"align must be a positive int or None. Received: align={align!r}")
-    surgery.check_model(model)
+    check_model(model)
     if any(isinstance(layer, CompressionWrapper) for layer in masking.iter_leaf_layers(model)):
-        model = surgery.strip(model, keep_quantization=False)
+        model = surgery.unwrap(model, keep_quantization=False)
     graph = dependency.DependencyGraph(model, on_unknown=on_unknown)
     if graph.skipped:
         logger.warning(
@@ -408,7 +409,7 @@ def shrink(model, align=None, on_unknown="error"):
 
     def clone_layer(layer):
         if id(layer) not in plan:
-            return surgery._plain_copy(layer)
+            return copying.plain_copy(layer)
         changes, weights = plan[id(layer)]
         config = layer.get_config()
         config.update(changes)
@@ -419,4 +420,4 @@ def shrink(model, align=None, on_unknown="error"):
 
         return new, copy_weights
 
-    return surgery._clone(model, clone_layer)
+    return copying.clone_with(model, clone_layer)

@@ -146,7 +146,7 @@ def summary(model, print_fn=print):
         masked, quantized = {}, set()
         if isinstance(container, CompressionWrapper):
             masked = {id(container.weight(p)): container.masked_value(p) for p in container.masked_weights}
-            quantized = {id(container.weight(p)) for p in container.quantized_weights}
+            quantized = {id(container.weight(p)) for p in container.chains}
             container = container.layer
         for unit in reach.units(container):
             weights = [masked.get(id(v), v) for v in unit.variables]

@@ -1,135 +1,84 @@
-"""`CompressionWrapper`: the layer wrapper that owns masks and quantizers.
+"""`CompressionWrapper`: the layer wrapper that runs a scheme's operators.
 
-The wrapper keeps one non-trainable 0/1 mask per pruned weight and, for
-quantization, fake-quantizes weights (and, for integer dtypes, the layer's
-input and output activations within tracked ranges). In the forward pass
-the wrapped layer sees `quantize(weight * mask)`: the wrapper swaps the
-attribute that stores the weight for that tensor while the inner layer runs,
-so any layer (and any backend) works without layer-specific call code, and
-gradients reach the stored weight (pruned entries get exactly zero gradient,
-quantization passes gradients straight through).
+The wrapper holds no method-specific code. For each weight it covers it
+keeps the chain of operators that transform it, in scheme order, and their
+per-weight state (`Operator.build`). In the forward pass the wrapped layer
+sees `opN.transform(... op1.transform(w))`: the wrapper swaps the attribute
+that stores the weight for that tensor while the inner layer runs, so any
+layer (and any backend) works without layer-specific call code, and
+gradients reach the stored weight. Operators' `losses` are added with
+`add_loss`, and operators acting on the layer's activations wrap its call
+(`Operator.call_layer`).
 """
 
-import contextlib
+import functools
 
 import keras
 from keras import ops
 
-from keras_condensa import copying, prunable, quantizers
-
-ACTIVATION_PLACES = ("input", "activation", "output")
-# Activations whose int8 LiteRT kernels have a fixed output range: [min, max] of
-# the fake-quant that gives the kernel's scale (1/256 or 1/128) and zero point.
-FIXED_RANGES = {"sigmoid": (0.0, 255.0 / 256.0), "softmax": (0.0, 255.0 / 256.0),
-                "tanh": (-1.0, 127.0 / 128.0)}
-
-
-@contextlib.contextmanager
-def _swapped(swaps):
-    """Temporarily replaces `owner.attr` by `value` for each (owner, attr, value)."""
-    saved = [(owner, attr, vars(owner)[attr]) for owner, attr, _ in swaps]
-    try:
-        for owner, attr, value in swaps:
-            object.__setattr__(owner, attr, value)
-        yield
-    finally:
-        for owner, attr, value in saved:
-            object.__setattr__(owner, attr, value)
-
-
-def output_activation(layer):
-    """The name of the activation that makes a layer's output (`"linear"` if none)."""
-    if isinstance(layer, keras.layers.Softmax):
-        return "softmax"
-    activation = getattr(layer, "activation", None)
-    if activation is None:
-        return "linear"
-    return getattr(activation, "__name__", type(activation).__name__)
+from keras_condensa import copying, prunable, reach
 
 
 def _is_float(x):
     return "float" in str(getattr(x, "dtype", ""))
 
 
+def _operator(item):
+    if isinstance(item, dict):
+        return keras.saving.deserialize_keras_object(item)
+    return item
+
+
 @keras.saving.register_keras_serializable(package="keras_condensa")
 class CompressionWrapper(keras.layers.Wrapper):
-    """Masks and/or fake-quantizes some weights of a layer.
+    """Runs compression operators on the weights (and activations) of a layer.
 
     Usually created by a scheme (`kc.Prune(...).apply(model)`), not by hand.
 
     Args:
         layer: the layer to wrap.
-        masked_weights: attribute paths of the weights to mask, e.g.
-            `["kernel"]` or `["kernel", "bias"]`.
-        quantize: `None`, `"float16"`, `"int8"` or `"int4"`.
-        quantized_weights: `{path: channel axes}` of the weights to
-            fake-quantize; `[]` axes means one scale per tensor.
-        quantize_activations: for integer dtypes, also fake-quantize the
-            layer's activations (8 bits) within ranges tracked by a moving
-            average during training and frozen at inference.
-        activation_ranges: where those ranges go, a subset of
-            `("input", "activation", "output")`: the layer's float input, its
-            pre-activation value (a Dense/Conv with a non-ReLU activation such
-            as softmax), its output. `None` means input and output. Schemes
-            choose them so each tensor of the model has one range, where the
-            TFLite converter puts it (`keras_condensa.activation_ranges`).
-            The output of a sigmoid, softmax or tanh gets the fixed range
-            of its int8 LiteRT kernel.
-        range_decay: weight of the old range in that moving average.
-        scheduled: whether a pruning schedule is to set the masks during
-            `fit` (with `kc.callbacks(scheme)`); `kc.strip` and `kc.summary`
-            warn when such masks were never set.
+        operators: the scheme's operators (its flat list, `scheme.operators()`);
+            a wrapper saved as `.keras` stores them, so the model loads with
+            its scheme (`kc.scheme_of(model)`).
+        weights: `{path: [operator index, ...]}`: for each weight (attribute
+            path in `layer`, e.g. `"kernel"` or `"cell.kernel"`), the indices
+            into `operators` of the operators that transform it, in order.
+        layer_operators: `{operator index: arguments}` of the operators that
+            act on the layer's activations (`Operator.build_layer`).
         **kwargs: base `Layer` arguments (name, ...).
 
     Example:
 
     ```python
-    wrapped = kc.CompressionWrapper(keras.layers.Dense(10), masked_weights=["kernel"])
-    y = wrapped(x)               # uses kernel * mask
+    op = kc.Prune(0.5)
+    wrapped = kc.CompressionWrapper(keras.layers.Dense(10), [op], {"kernel": [0]})
+    y = wrapped(x)               # the kernel as op transforms it (masked)
     wrapped.masks["kernel"]      # the mask variable
     ```
     """
 
-    def __init__(
-        self,
-        layer,
-        masked_weights=(),
-        quantize=None,
-        quantized_weights=None,
-        quantize_activations=False,
-        range_decay=0.99,
-        activation_ranges=None,
-        scheduled=False,
-        **kwargs,
-    ):
+    def __init__(self, layer, operators, weights=None, layer_operators=None, **kwargs):
         kwargs.setdefault("name", f"{layer.name}_compressed")
         super().__init__(layer, **kwargs)
-        if isinstance(masked_weights, str):
+        self.operators = [_operator(op) for op in operators]
+        self.chains = {p: tuple(int(i) for i in chain) for p, chain in (weights or {}).items()}
+        if isinstance(layer_operators, list):  # from a config: JSON keys are strings
+            layer_operators = dict(layer_operators)
+        self.layer_operators = {int(i): dict(a or {}) for i, a in (layer_operators or {}).items()}
+        used = {i for chain in self.chains.values() for i in chain} | set(self.layer_operators)
+        if not used:
             raise ValueError(
-                "masked_weights must be a list of weight paths, e.g. ['kernel']. "
-                f"Received: masked_weights={masked_weights!r}"
+                f"CompressionWrapper around '{layer.name}' has nothing to do: give weights "
+                "({path: [operator index]}) or layer_operators."
             )
-        if quantize is not None:
-            quantizers.check_dtype(quantize)
-        self.masked_weights = tuple(masked_weights)
-        self.quantize = quantize
-        self.quantized_weights = {p: tuple(a) for p, a in (quantized_weights or {}).items()}
-        self.quantize_activations = bool(quantize_activations) and quantize in quantizers.BITS
-        self.range_decay = float(range_decay)
-        self.scheduled = bool(scheduled)
-        places = ("input", "output") if activation_ranges is None else activation_ranges
-        if isinstance(places, str) or any(p not in ACTIVATION_PLACES for p in places):
+        if any(not 0 <= i < len(self.operators) for i in used):
             raise ValueError(
-                f"activation_ranges of the wrapper around '{layer.name}' must be a list of "
-                f"{ACTIVATION_PLACES}. Received: activation_ranges={activation_ranges!r}"
+                f"CompressionWrapper around '{layer.name}' refers to operator indices {sorted(used)} "
+                f"but has {len(self.operators)} operators."
             )
-        self.activation_ranges = tuple(p for p in ACTIVATION_PLACES if p in places)
-        if not self.masked_weights and not self.quantized_weights and not self.quantize_activations:
-            raise ValueError(
-                f"CompressionWrapper around '{layer.name}' has nothing to do: give masked_weights "
-                "or quantize with quantized_weights."
-            )
-        self.masks = {}
+        self.states = {}
+        self.layer_states = {}
+        self._units = {}
         self.supports_masking = getattr(layer, "supports_masking", False)
 
     def build(self, input_shape=None):
@@ -150,27 +99,21 @@ class CompressionWrapper(keras.layers.Wrapper):
     def _create_state(self):
         if self.built:
             return
-        for path in self.masked_weights:
+        units = reach.units(self.layer)
+        for path, chain in self.chains.items():
             variable = self.weight(path)
-            self.masks[path] = self.add_weight(
-                name=path.replace(".", "_") + "_mask",
-                shape=variable.shape,
-                dtype=variable.dtype,
-                initializer="ones",
-                trainable=False,
+            self._units[path] = max(
+                (u for u in units if not u.prefix or path.startswith(u.prefix + ".")),
+                key=lambda u: len(u.prefix),
+                default=None,
             )
-        if self.quantize_activations:
-            self.input_range = self.add_weight(name="input_range", shape=(2,), initializer="zeros", trainable=False)
-            self.output_range = self.add_weight(name="output_range", shape=(2,), initializer="zeros", trainable=False)
-            if "activation" in self.activation_ranges:
-                self.activation_range = self.add_weight(
-                    name="activation_range", shape=(2,), initializer="zeros", trainable=False
-                )
-            self.ranges_initialized = self.add_weight(
-                name="ranges_initialized", shape=(), initializer="zeros", trainable=False
-            )
+            for index in chain:
+                self.states[(index, path)] = self.operators[index].build(self, path, variable)
+        for index, arguments in self.layer_operators.items():
+            self.layer_states[index] = self.operators[index].build_layer(self, arguments)
         self.built = True
 
+    # -- what the operators and tools read ------------------------------------
     def weight(self, path):
         """Returns the inner layer's variable at `path`."""
         try:
@@ -183,23 +126,60 @@ class CompressionWrapper(keras.layers.Wrapper):
             )
         return variable
 
+    def unit_of(self, path):
+        """The `reach.Unit` (layer and `PruneSpec`) that holds the weight at `path`."""
+        return self._units.get(path)
+
+    def chain(self, path):
+        """`[(operator, state)]` of the weight at `path`, in order."""
+        return [(self.operators[i], self.states[(i, path)]) for i in self.chains.get(path, ())]
+
+    @property
+    def scheduled(self):
+        """Whether an operator of this wrapper updates on a schedule during `fit`."""
+        used = {i for chain in self.chains.values() for i in chain}
+        return any(self.operators[i].schedule is not None for i in used)
+
+    @property
+    def masks(self):
+        """`{path: mask}` of the weights some operator masks (the product when several do)."""
+        masks = {}
+        for path in self.chains:
+            found = [state["mask"] for _, state in self.chain(path) if _has_mask(state)]
+            if found:
+                masks[path] = found[0] if len(found) == 1 else functools.reduce(ops.multiply, found)
+        return masks
+
+    @property
+    def masked_weights(self):
+        """The paths of the weights some operator masks."""
+        return tuple(path for path in self.chains if any(_has_mask(s) for _, s in self.chain(path)))
+
     def masked_value(self, path):
-        """The weight at `path` with its mask applied (a tensor).
+        """The weight at `path` with its masks applied (a tensor).
 
         Pruned positions are exactly zero whatever the weight holds there
         (`NaN * 0` is `NaN`, so the mask selects rather than multiplies).
         """
-        value = self.weight(path)
-        if path in self.masks:
-            kept = ops.not_equal(self.masks[path], 0)
-            value = ops.where(kept, ops.convert_to_tensor(value), ops.zeros((), value.dtype))
+        value = ops.convert_to_tensor(self.weight(path))
+        for _, state in self.chain(path):
+            if _has_mask(state):
+                value = ops.where(ops.not_equal(state["mask"], 0), value, ops.zeros((), value.dtype))
         return value
 
-    def effective_value(self, path):
-        """The weight as the forward pass uses it: masked, then fake-quantized."""
-        value = self.masked_value(path)
-        if path in self.quantized_weights:
-            value = quantizers.fake_quant_weight(value, self.quantize, self.quantized_weights[path])
+    def effective_value(self, path, training=False):
+        """The weight as the forward pass uses it: through every operator of its chain."""
+        value = ops.convert_to_tensor(self.weight(path))
+        for op, state in self.chain(path):
+            value = op.transform(state, value, training)
+        return value
+
+    def finalized_value(self, path, skip=()):
+        """The weight `kc.strip` bakes in: `finalize` of each operator not in `skip` (indices)."""
+        value = ops.convert_to_tensor(self.weight(path))
+        for index in self.chains.get(path, ()):
+            if index not in skip:
+                value = self.operators[index].finalize(self.states[(index, path)], value)
         return value
 
     def apply_masks(self):
@@ -207,53 +187,47 @@ class CompressionWrapper(keras.layers.Wrapper):
         for path in self.masked_weights:
             self.weight(path).assign(self.masked_value(path))
 
-    def copy_ranges_from(self, other):
-        """Copies the activation ranges `other` (a wrapper of the same layer) tracked."""
-        names = ["input_range", "output_range", "ranges_initialized"]
-        if "activation" in self.activation_ranges:
-            names.append("activation_range")
-        for name in names:
-            getattr(self, name).assign(ops.convert_to_numpy(getattr(other, name)))
+    def copy_states_from(self, other, indices):
+        """Copies the state variables of operators `indices` from `other` (a wrapper of the same layer)."""
+        for key, state in self.states.items():
+            if key[0] in indices:
+                _copy_state(state, other.states[key])
+        for index, state in self.layer_states.items():
+            if index in indices:
+                self.operators[index].copy_layer_state(state, other.layer_states[index])
 
-    def _activation(self, x, value_range, training, fixed=None):
-        if not _is_float(x):
-            return x
-        if fixed is not None:
-            return quantizers.fake_quant_activation(x, ops.convert_to_tensor(fixed, x.dtype))
-        if training:
-            value_range.assign(quantizers.track_range(value_range, x, self.ranges_initialized, self.range_decay))
-        return quantizers.fake_quant_activation(x, value_range)
-
+    # -- forward pass ----------------------------------------------------------
     def call(self, inputs, *args, training=None, **kwargs):
-        swaps = []
-        for path in dict.fromkeys(self.masked_weights + tuple(self.quantized_weights)):
+        swaps, losses = [], []
+        for path in self.chains:
             owner, attr = prunable.storage_of(self.layer, path)
-            value = self.effective_value(path)
+            value = ops.convert_to_tensor(self.weight(path))
+            for op, state in self.chain(path):
+                losses.extend(op.losses(state, value))
+                value = op.transform(state, value, training)
             compute_dtype = self.layer.compute_dtype
             if value.dtype != compute_dtype and _is_float(value):
                 value = ops.cast(value, compute_dtype)  # mixed precision autocast
             swaps.append((owner, attr, value))
-        places = self.activation_ranges if self.quantize_activations else ()
-        if "input" in places:
-            inputs = self._activation(inputs, self.input_range, training)
-        activation = None
-        if "activation" in places:
-            # The linear part and the activation are two ops in the file, each with a range.
-            activation = self.layer.activation
-            swaps.append((self.layer, "activation", keras.activations.linear))
-        with _swapped(swaps):
-            outputs = self.layer(inputs, *args, **kwargs)
-        if activation is not None:
-            outputs = activation(self._activation(outputs, self.activation_range, training))
-        if "output" in places:
-            fixed = FIXED_RANGES.get(output_activation(self.layer))
-            outputs = self._activation(outputs, self.output_range, training, fixed)
-        if places and training:
-            self.ranges_initialized.assign(1.0)
-        return outputs
+        for loss in losses:
+            self.add_loss(loss)
+
+        def run(x):
+            with prunable.swapped(swaps):
+                return self.layer(x, *args, **kwargs)
+
+        for index in sorted(self.layer_operators, reverse=True):
+            run = functools.partial(
+                self.operators[index].call_layer,
+                self.layer_states[index],
+                self,
+                run,
+                training=training,
+            )
+        return run(inputs)
 
     def compute_output_spec(self, *args, **kwargs):
-        # Masks and fake quantization keep shapes and dtypes: the inner layer knows its output.
+        # Operators keep shapes and dtypes: the inner layer knows its output.
         # (Tracing `call` instead would also trip over the sparse flag Keras gives `x * 0.5`.)
         return self.layer.compute_output_spec(*args, **kwargs)
 
@@ -263,12 +237,18 @@ class CompressionWrapper(keras.layers.Wrapper):
     def get_config(self):
         config = super().get_config()
         config.update(
-            masked_weights=list(self.masked_weights),
-            quantize=self.quantize,
-            quantized_weights={p: list(a) for p, a in self.quantized_weights.items()},
-            quantize_activations=self.quantize_activations,
-            range_decay=self.range_decay,
-            scheduled=self.scheduled,
-            activation_ranges=list(self.activation_ranges),
+            operators=[keras.saving.serialize_keras_object(op) for op in self.operators],
+            weights={p: list(chain) for p, chain in self.chains.items()},
+            layer_operators=[[i, a] for i, a in self.layer_operators.items()],
         )
         return config
+
+
+def _has_mask(state):
+    return isinstance(state, dict) and "mask" in state
+
+
+def _copy_state(state, source):
+    for key, value in (state or {}).items():
+        if hasattr(value, "assign"):
+            value.assign(ops.convert_to_numpy(source[key]))

@@ -6,6 +6,7 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+import keras_condensa as kc
 from keras_condensa.demo import lenet_300_100  # noqa: F401 - the tests' LeNet is the demo's
 
 
@@ -51,3 +52,26 @@ def trained_lenet(digits):
     model = compile_classifier(lenet_300_100())
     model.fit(x_train, y_train, epochs=15, batch_size=32, verbose=0)
     return model, model.evaluate(x_val, y_val, verbose=0)[1]
+
+
+def quantized_weights(wrapper):
+    """`{path: channel axes}` of the weights a `kc.Quantize` transforms in `wrapper`."""
+    return {
+        path: state["axes"]
+        for path in wrapper.chains
+        for op, state in wrapper.chain(path)
+        if isinstance(op, kc.Quantize)
+    }
+
+
+def activation_state(wrapper):
+    """The per-layer state of the `kc.Quantize` that quantizes `wrapper`'s activations (or `{}`)."""
+    for index, state in wrapper.layer_states.items():
+        if isinstance(wrapper.operators[index], kc.Quantize):
+            return state
+    return {}
+
+
+def activation_places(wrapper):
+    """Where `wrapper` quantizes activations: a tuple of "input", "activation", "output"."""
+    return activation_state(wrapper).get("places", ())

@@ -10,7 +10,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from conftest import compile_classifier, weights_of
+from conftest import compile_classifier, quantized_weights, weights_of
 
 import keras_condensa as kc
 from keras_condensa import masking
@@ -139,7 +139,7 @@ def test_nested_layers_take_structured_pruning_and_quantization(digits):
         qat = compile_classifier(scheme.apply(block_model()))
     qat.fit(x, y, epochs=1, batch_size=64, verbose=0)
     wrapper = next(w for w in masking.iter_wrappers(qat) if w.layer.name == "block")
-    assert set(wrapper.quantized_weights) == {
+    assert set(quantized_weights(wrapper)) == {
         "expand.kernel",
         "branches.0.kernel",
         "branches.1.kernel",

@@ -3,7 +3,15 @@
 import keras
 import numpy as np
 import pytest
-from conftest import compile_classifier, lenet_300_100, small_cnn, weights_of
+from conftest import (
+    activation_places,
+    activation_state,
+    compile_classifier,
+    lenet_300_100,
+    quantized_weights,
+    small_cnn,
+    weights_of,
+)
 from keras import ops
 
 import keras_condensa as kc
@@ -72,7 +80,7 @@ def test_prune_then_int8_qat_keeps_lenet_accuracy(digits, trained_lenet):
     assert accuracy >= dense_accuracy - 0.02, (accuracy, dense_accuracy)
     _assert_pruned_zeros_survive_quantization(qat)
     wrapper = next(masking.iter_wrappers(qat))
-    low, high = ops.convert_to_numpy(wrapper.output_range)
+    low, high = ops.convert_to_numpy(activation_state(wrapper)["output_range"])
     assert low <= 0.0 < high  # ranges were tracked during training
 
 
@@ -88,9 +96,9 @@ def test_prune_then_int8_qat_keeps_cnn_accuracy(digits):
     assert accuracy >= dense_accuracy - 0.02, (accuracy, dense_accuracy)
     _assert_pruned_zeros_survive_quantization(qat)
     conv = next(w for w in masking.iter_wrappers(qat) if w.layer.name == "conv2")
-    assert conv.quantized_weights == {"kernel": (-1,)}  # per output channel
+    assert quantized_weights(conv) == {"kernel": (-1,)}  # per output channel
     fc = next(w for w in masking.iter_wrappers(qat) if w.layer.name == "fc")
-    assert fc.quantized_weights == {"kernel": ()}  # per tensor
+    assert quantized_weights(fc) == {"kernel": ()}  # per tensor
 
 
 def test_ranges_freeze_at_inference_and_round_trip(tmp_path, digits):
@@ -99,9 +107,9 @@ def test_ranges_freeze_at_inference_and_round_trip(tmp_path, digits):
     qat = compile_classifier(scheme.apply(lenet_300_100()))
     qat.fit(x_train, y_train, epochs=1, verbose=0)
     wrapper = next(masking.iter_wrappers(qat))
-    before = ops.convert_to_numpy(wrapper.input_range).copy()
+    before = ops.convert_to_numpy(activation_state(wrapper)["input_range"]).copy()
     qat.predict(x_val * 5.0, verbose=0)
-    np.testing.assert_array_equal(ops.convert_to_numpy(wrapper.input_range), before)
+    np.testing.assert_array_equal(ops.convert_to_numpy(activation_state(wrapper)["input_range"]), before)
     path = tmp_path / "qat.keras"
     qat.save(path)
     loaded = keras.saving.load_model(path)
@@ -157,7 +165,7 @@ def test_bad_quantization_input():
     # A layer with integer inputs (token ids) quantizes its weights and its float output only.
     embedded = kc.Quantize("int8").apply(model)
     emb = next(w for w in masking.iter_wrappers(embedded) if w.layer.name == "emb")
-    assert list(emb.quantized_weights) == ["embeddings"] and "input" not in emb.activation_ranges
+    assert list(quantized_weights(emb)) == ["embeddings"] and "input" not in activation_places(emb)
     weights_only = kc.Quantize("int8", activations=False, include=["emb"]).apply(model)
     assert [w.layer.name for w in masking.iter_wrappers(weights_only)] == ["emb"]
     with pytest.raises(ValueError, match="strip the compressed model first"):

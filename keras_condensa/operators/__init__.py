@@ -1,7 +1,8 @@
-"""Compression operators (after Condensa): pruning patterns and `Compose`."""
+"""Compression operators (after Condensa) on operator protocol v2 (`base.Operator`)."""
 
-from keras_condensa.operators.base import Operator, PruningOperator
+from keras_condensa.operators.base import Item, Operator, UpdateContext
 from keras_condensa.operators.compose import Compose
+from keras_condensa.operators.mask import MaskOperator, PruningOperator
 from keras_condensa.operators.patterns import BlockPrune, NMPrune
 from keras_condensa.operators.prune import Prune
 from keras_condensa.operators.quantize import Quantize
@@ -11,6 +12,8 @@ __all__ = [
     "BlockPrune",
     "Compose",
     "FilterPrune",
+    "Item",
+    "MaskOperator",
     "NMPrune",
     "NeuronPrune",
     "Operator",
@@ -18,4 +21,5 @@ __all__ = [
     "PruningOperator",
     "Quantize",
     "StructurePrune",
+    "UpdateContext",
 ]

@@ -1,17 +1,21 @@
-"""`Operator`: the base of compression operators, and their coverage rules.
+"""`Operator`: the operator protocol (v2), its coverage rules and `PruningOperator`.
 
-An operator selects layers (`include=` / `exclude=`, by name or class),
-says which weights of a selected layer it masks, and computes masks. A scheme
-is an operator or a `Compose` of operators; `scheme.apply(model)` returns a
-new model whose covered layers are wrapped (see `keras_condensa.surgery`).
+An operator selects layers (`include=` / `exclude=`, by name or class), says
+which weights of a selected layer it covers, and computes the weight the
+forward pass uses. A scheme is an operator or a `Compose` of operators;
+`scheme.apply(model)` returns a new model whose covered layers are wrapped
+(see `keras_condensa.surgery` and `keras_condensa.wrappers`).
 """
 
+import dataclasses
+import importlib
 import numbers
 
+import keras
 import numpy as np
+from keras import ops
 
 from keras_condensa import prunable
-from keras_condensa.schedules import PruningSchedule
 
 
 def _as_selector(name, value):
@@ -49,11 +53,32 @@ def check_density(density, name="density"):
 
 
 class Operator:
-    """Base class of compression operators.
+    """Base class of compression operators (operator protocol v2).
 
-    Subclasses say which weights of a layer they touch (`paths`) and how the
-    layer's wrapper is configured for them (`wrapper_arguments`); operators
-    that prune (`prunes = True`) also compute masks (`compute_masks`).
+    An operator is a small serializable object. It selects layers
+    (`include=` / `exclude=`), names the weights it covers in a selected
+    layer (`paths`), and may:
+
+    - create per-weight state in the layer's wrapper (`build`, variables made
+      with `wrapper.add_weight`);
+    - compute the weight the forward pass uses (`transform`, `keras.ops` only,
+      so it runs on every backend; the wrapper folds a weight's operators in
+      scheme order: `w -> op1.transform -> op2.transform`);
+    - add terms to the training loss (`losses`);
+    - update its state on the host between steps (`update`): at `apply` time
+      when it has no `schedule`, and during `fit` (with
+      `kc.callbacks(scheme)`) on the steps its `schedule` is due;
+    - say what `kc.strip` bakes in (`finalize`);
+    - act on the wrapped layer's inputs and outputs (`build_layer` and
+      `call_layer`, optional: activation quantization).
+
+    State is a dict. A `"mask"` entry (a 0/1 variable shaped like the weight)
+    is a mask: `update` zeroes the stored weight and its optimizer momentum
+    where it is 0, and `kc.summary`, `kc.strip` and `kc.shrink` read it.
+
+    Subclasses register themselves for saving with
+    `@keras.saving.register_keras_serializable()`, so that a wrapped model
+    saved as `.keras` loads with its scheme (see `docs/operators.md`).
 
     Args:
         include: layer names or classes to cover; `None` covers every layer
@@ -61,6 +86,17 @@ class Operator:
             is an error.
         exclude: layer names or classes to leave untouched.
     """
+
+    # Whether the operator zeroes weights (`kc.Compose` runs these before the others).
+    prunes = False
+    # A `kc.PruningSchedule` (or any object with `resolve`, `should_prune`, `sparsity`):
+    # the steps of `fit` on which `update` runs; `None`: once, at `apply` time.
+    schedule = None
+    # Whether `kc.strip(model)` keeps the operator in the graph (integer QAT
+    # quantizers, which the TFLite converter reads) instead of baking it in.
+    kept_by_strip = False
+    # A word (`"quantized"`) when the operator may transform a weight only once.
+    exclusive = None
 
     def __init__(self, include=None, exclude=None):
         self.include = _as_selector("include", include)
@@ -77,21 +113,103 @@ class Operator:
         """Whether `include=` names this layer (by name or class)."""
         return _matches(layer, self.include)
 
-    prunes = False
-
-    def paths(self, layer, spec):
-        """Weight paths this operator touches in `layer`; subclasses override."""
-        raise NotImplementedError
-
-    def wrapper_arguments(self, layer, spec):
-        """`CompressionWrapper` arguments for a covered layer (pruning: the masked weights)."""
-        return {"masked_weights": self.paths(layer, spec)}
-
     def reason_unsupported(self, layer, spec):
         """Why this operator cannot handle `layer`, or `None` if it can."""
         if spec is None:
             return prunable.unsupported_reason(layer)
         return None
+
+    def paths(self, layer, spec):
+        """The attribute paths of the weights this operator transforms in `layer`.
+
+        Args:
+            layer: a layer the operator selects and supports.
+            spec: its `kc.PruneSpec` (paths relative to the wrapped layer).
+
+        Returns:
+            A tuple of paths, e.g. `("kernel",)`.
+        """
+        raise NotImplementedError
+
+    def layer_arguments(self, layer, spec):
+        """Arguments of `build_layer` when the operator acts on `layer`'s activations, else `None`."""
+        return None
+
+    # -- per-weight protocol ----------------------------------------------
+    def build(self, wrapper, path, variable):
+        """Creates the operator's state for one weight (optional).
+
+        Args:
+            wrapper: the `kc.CompressionWrapper`; make variables with
+                `wrapper.add_weight(...)`, and find the weight's layer and
+                spec with `wrapper.unit_of(path)`.
+            path: the weight's attribute path in the wrapped layer.
+            variable: the weight.
+
+        Returns:
+            A dict (variables and plain values), or `None`.
+        """
+        return None
+
+    def transform(self, state, value, training):
+        """The weight the forward pass uses, from the value before this operator.
+
+        Args:
+            state: what `build` returned for this weight.
+            value: the weight after the operators before this one (a tensor).
+            training: whether the call is a training call.
+
+        Returns:
+            A tensor of the same shape (`keras.ops` only).
+        """
+        return value
+
+    def losses(self, state, value):
+        """Terms added to the training loss for one weight (optional).
+
+        Args:
+            state: what `build` returned for this weight.
+            value: the weight after the operators before this one.
+
+        Returns:
+            A list of scalar tensors.
+        """
+        return []
+
+    def update(self, items, context):
+        """Updates host-side state between training steps (optional).
+
+        Args:
+            items: the weights the operator covers in the model, a list of
+                `kc.operators.Item` (wrapper, spec, paths, values, states):
+                `values[path]` is the weight as the operators before this
+                one leave it (a NumPy array); `states[path]` is the state
+                `build` made.
+            context: a `kc.operators.UpdateContext`: `step` (the schedule's
+                step, `None` at `apply` time), `schedule` (the operator's
+                schedule resolved for this fit, or `None`), `graph` (the
+                model's channel dependency graph, built when first read) and
+                `model`.
+        """
+
+    def finalize(self, state, value):
+        """What `kc.strip` bakes into the weight (default: `transform` at inference)."""
+        return self.transform(state, value, training=False)
+
+    # -- per-layer protocol (optional) ------------------------------------
+    def build_layer(self, wrapper, arguments):
+        """Creates per-layer state from `layer_arguments`'s result (optional)."""
+        return None
+
+    def call_layer(self, state, wrapper, call, inputs, training):
+        """Runs `call(inputs)` (the wrapped layer with transformed weights), around which it may act."""
+        return call(inputs)
+
+    def copy_layer_state(self, state, source):
+        """Copies per-layer state values from `source` (the same state of another wrapper)."""
+        for key, value in (state or {}).items():
+            if hasattr(value, "assign"):
+                value.assign(ops.convert_to_numpy(source[key]))
 
     # -- scheme protocol --------------------------------------------------
     def operators(self):
@@ -101,84 +219,97 @@ class Operator:
     def apply(self, model):
         """Returns a new model with the covered layers wrapped.
 
-        Masks are computed now (one-shot, like Condensa), unless the operator
-        has a schedule, in which case `kc.callbacks(scheme)` prunes during `fit`.
-        The input model is not modified.
+        Operators without a schedule update now (masks computed one-shot,
+        like Condensa); scheduled ones update during `fit` through
+        `kc.callbacks(scheme)`. The input model is not modified.
 
         Args:
-            model: a built Sequential or functional Keras 3 model.
+            model: a built Keras 3 model (Sequential, functional or subclassed).
 
         Returns:
             A new `keras.Model`.
         """
-        from keras_condensa import surgery
+        from keras_condensa import surgery  # noqa: PLC0415 - surgery is above operators
 
         return surgery.apply_scheme(self, model)
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        args = ", ".join(f"{k}={_decode(v)!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
 
     def get_config(self):
-        return {"include": list(self.include) or None, "exclude": list(self.exclude) or None}
+        """The constructor arguments (plain values; layer classes as `{"layer_class": ...}`)."""
+        return {
+            "include": [_encode_selector(s) for s in self.include] or None,
+            "exclude": [_encode_selector(s) for s in self.exclude] or None,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        """Rebuilds the operator from `get_config()` (nested Keras objects deserialized)."""
+        return cls(**{k: _decode(v) for k, v in config.items()})
 
 
-class PruningOperator(Operator):
-    """Base of the pruning operators: a density, optionally reached by a schedule.
+def _encode_selector(selector):
+    if isinstance(selector, str):
+        return selector
+    return {"layer_class": f"{selector.__module__}:{selector.__qualname__}"}
 
-    Subclasses implement `paths` and `compute_masks`.
 
-    Args:
-        density: fraction of weights (or structures) to keep, in (0, 1].
-        schedule: optional `kc.PolynomialDecay` / `kc.ConstantSparsity`; its
-            final sparsity defaults to `1 - density`.
-        include: see `Operator`.
-        exclude: see `Operator`.
+def _decode(value):
+    """Undoes `keras.saving.serialize_keras_object` and `_encode_selector` in a config value."""
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    if isinstance(value, dict):
+        if set(value) == {"layer_class"}:
+            module, _, name = value["layer_class"].partition(":")
+            obj = importlib.import_module(module)
+            for part in name.split("."):
+                obj = getattr(obj, part)
+            return obj
+        if "class_name" in value and "config" in value:
+            return keras.saving.deserialize_keras_object(value)
+    return value
+
+
+@dataclasses.dataclass
+class Item:
+    """The weights an operator covers in one layer, as `Operator.update` sees them.
+
+    Attributes:
+        wrapper: the `kc.CompressionWrapper` holding the layer.
+        spec: the layer's `kc.PruneSpec` (paths relative to the wrapper's
+            layer), or `None` for a layer that follows others (a
+            BatchNormalization under structured pruning).
+        paths: the weights' attribute paths.
+        values: `{path: NumPy array}`, the weights as the operators before
+            this one leave them.
+        states: `{path: state}`, what `Operator.build` returned.
     """
 
-    prunes = True
+    wrapper: object
+    spec: object
+    paths: tuple
+    values: dict
+    states: dict
 
-    def __init__(self, density, schedule=None, include=None, exclude=None):
-        super().__init__(include=include, exclude=exclude)
-        check_density(density)
-        self.density = float(density)
-        if schedule is not None:
-            if not isinstance(schedule, PruningSchedule):
-                raise TypeError(
-                    "schedule must be a kc.PolynomialDecay or kc.ConstantSparsity. "
-                    f"Received: schedule={schedule!r}"
-                )
-            target = 1.0 - self.density
-            if schedule.final_sparsity is None:
-                schedule = schedule.with_final_sparsity(target)
-            elif abs(schedule.final_sparsity - target) > 1e-6:
-                raise ValueError(
-                    f"The schedule ends at sparsity {schedule.final_sparsity} but density="
-                    f"{density} means sparsity {target:g}. Drop final_sparsity from the "
-                    "schedule (the density sets it) or make them agree."
-                )
+
+class UpdateContext:
+    """What `Operator.update` knows about the moment it runs.
+
+    Attributes:
+        step: the schedule's step (`None` at `apply` time).
+        schedule: the operator's schedule resolved for this fit, or `None`.
+        model: the wrapped model.
+    """
+
+    def __init__(self, model, step=None, schedule=None, graph_fn=None):
+        self.model = model
+        self.step = step
         self.schedule = schedule
+        self._graph_fn = graph_fn
 
-    def density_at(self, step):
-        """Density to prune to at `step` (`None`: the final density)."""
-        if self.schedule is None or step is None:
-            return self.density
-        return 1.0 - self.schedule.sparsity(step)
-
-    def compute_masks(self, items, density):
-        """Computes masks for the covered layers.
-
-        Args:
-            items: list of `(wrapper, spec, paths, values)`: values maps each
-                path this operator masks to its current (masked) tensor.
-            density: the density to prune to.
-
-        Returns:
-            A dict `{(id(wrapper), path): mask}`.
-        """
-        raise NotImplementedError
-
-    def get_config(self):
-        config = {"density": self.density, "schedule": self.schedule}
-        config.update(super().get_config())
-        return config
+    @property
+    def graph(self):
+        """The model's channel dependency graph (`None` for a subclassed model)."""
+        return self._graph_fn() if self._graph_fn is not None else None

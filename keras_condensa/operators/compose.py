@@ -2,15 +2,18 @@
 
 import warnings
 
+import keras
+
 from keras_condensa.operators.base import Operator
 
 
+@keras.saving.register_keras_serializable(package="keras_condensa")
 class Compose(Operator):
     """Applies several operators in order to the same model.
 
-    Pruning operators run in order, each on the weights the previous ones
-    left; a layer covered by several operators gets one wrapper whose mask is
-    the product of theirs. Quantization comes after pruning, as in Condensa's
+    Operators run in order: a weight covered by several is transformed by
+    each in turn (`w -> op1.transform -> op2.transform`), and each operator's
+    `update` sees the weights the previous ones left, so masks multiply. Quantization comes after pruning, as in Condensa's
     `Compose([Prune, Quantize])`, so its ranges are those of the masked
     weights: a list that quantizes first is reordered, with a warning.
 
@@ -72,4 +75,4 @@ class Compose(Operator):
         return any(op.selects(layer) for op in self.operators())
 
     def get_config(self):
-        return {"operators": self._operators}
+        return {"operators": [keras.saving.serialize_keras_object(op) for op in self._operators]}

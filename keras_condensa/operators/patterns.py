@@ -1,10 +1,13 @@
 """Pattern pruning: `BlockPrune` (whole tiles) and `NMPrune` (N of every M)."""
 
+import keras
+
 from keras_condensa import masks, prunable
-from keras_condensa.operators.base import Operator, PruningOperator
+from keras_condensa.operators.mask import MaskOperator, PruningOperator
 from keras_condensa.operators.prune import check_min_density, check_scope
 
 
+@keras.saving.register_keras_serializable(package="keras_condensa")
 class BlockPrune(PruningOperator):
     """Keeps the highest-norm `block_size` tiles of each kernel's 2-D view.
 
@@ -19,6 +22,10 @@ class BlockPrune(PruningOperator):
         min_layer_density: with global scope, the least fraction a weight keeps.
         schedule, include, exclude: as in `kc.Prune`.
     """
+
+    scheme_word = "block"
+    scheme_args = ("D", "RxC")
+    scheme_help = "keep fraction D of the RxC blocks of each kernel (e.g. block:0.25:4x4)"
 
     def __init__(
         self,
@@ -53,11 +60,11 @@ class BlockPrune(PruningOperator):
 
     def compute_masks(self, items, density):
         keys, values, grids = [], [], []
-        for wrapper, _, paths, current in items:
-            for path in paths:
-                keys.append((id(wrapper), path))
-                values.append(current[path])
-                grids.append(masks.block_scores(current[path], self.block_size, self.criterion))
+        for item in items:
+            for path in item.paths:
+                keys.append((id(item.wrapper), path))
+                values.append(item.values[path])
+                grids.append(masks.block_scores(item.values[path], self.block_size, self.criterion))
         if self.scope == "global":
             counts = masks.global_keep_counts(grids, density, self.min_layer_density)
         else:
@@ -78,7 +85,8 @@ class BlockPrune(PruningOperator):
         return config
 
 
-class NMPrune(Operator):
+@keras.saving.register_keras_serializable(package="keras_condensa")
+class NMPrune(MaskOperator):
     """N:M sparsity: in every group of `m` weights along the input axis, keep `n`.
 
     2:4 (the default) is what sparse tensor cores accelerate. Groups run along
@@ -92,8 +100,9 @@ class NMPrune(Operator):
         include, exclude: as in `kc.Prune`.
     """
 
-    prunes = True
-    schedule = None
+    scheme_word = "nm"
+    scheme_args = ("N", "M")
+    scheme_help = "keep N nonzeros in every M weights (e.g. nm:2:4)"
 
     def __init__(self, n=2, m=4, include=None, exclude=None):
         super().__init__(include=include, exclude=exclude)
@@ -101,9 +110,6 @@ class NMPrune(Operator):
             raise ValueError(f"NMPrune needs ints 0 < n <= m. Received: n={n!r}, m={m!r}")
         self.n, self.m = n, m
         self.density = n / m
-
-    def density_at(self, step):
-        return self.density
 
     def reason_unsupported(self, layer, spec):
         reason = super().reason_unsupported(layer, spec)
@@ -125,11 +131,11 @@ class NMPrune(Operator):
 
     def compute_masks(self, items, density):
         return {
-            (id(wrapper), path): masks.nm_mask(
-                current[path], self.n, self.m, spec.reduction_axes[path]
+            (id(item.wrapper), path): masks.nm_mask(
+                item.values[path], self.n, self.m, item.spec.reduction_axes[path]
             )
-            for wrapper, spec, paths, current in items
-            for path in paths
+            for item in items
+            for path in item.paths
         }
 
     def get_config(self):

@@ -1,9 +1,11 @@
 """`Prune`: unstructured magnitude pruning (Condensa's `Prune`)."""
 
+import keras
 import numpy as np
 
 from keras_condensa import masks
-from keras_condensa.operators.base import PruningOperator, is_real
+from keras_condensa.operators.base import is_real
+from keras_condensa.operators.mask import PruningOperator
 
 SCOPES = ("global", "layer")
 
@@ -20,6 +22,7 @@ def check_min_density(min_layer_density):
         )
 
 
+@keras.saving.register_keras_serializable(package="keras_condensa")
 class Prune(PruningOperator):
     """Unstructured magnitude pruning: keep the largest-magnitude weights.
 
@@ -41,6 +44,10 @@ class Prune(PruningOperator):
     pruned = scheme.apply(model)
     ```
     """
+
+    scheme_word = "prune"
+    scheme_args = ("D",)
+    scheme_help = "unstructured magnitude pruning: keep fraction D of the weights"
 
     def __init__(
         self,
@@ -67,10 +74,10 @@ class Prune(PruningOperator):
 
     def compute_masks(self, items, density):
         keys, values = [], []
-        for wrapper, _, paths, current in items:
-            for path in paths:
-                keys.append((id(wrapper), path))
-                values.append(current[path])
+        for item in items:
+            for path in item.paths:
+                keys.append((id(item.wrapper), path))
+                values.append(item.values[path])
         if self.scope == "layer":
             return {k: masks.magnitude_mask(v, density) for k, v in zip(keys, values)}
         scores = [np.abs(v) for v in values]

@@ -1,11 +1,17 @@
 """`Quantize`: float16, int8 and int4 weights (Condensa's `Quantize`), trained or post-training."""
 
-from keras_condensa import quantizers
+import keras
+from keras import ops
+
+from keras_condensa import prunable, quantizers
+from keras_condensa.model_checks import check_model
 from keras_condensa.operators.base import Operator
 
 MODES = ("qat", "post_training")
+PLACES = ("input", "activation", "output")
 
 
+@keras.saving.register_keras_serializable(package="keras_condensa")
 class Quantize(Operator):
     """Quantizes weights (and for integer dtypes, activations) during fine-tuning.
 
@@ -45,6 +51,8 @@ class Quantize(Operator):
             `keras.Model.quantize` accepts).
         mode: `"qat"` (default) or `"post_training"`.
         activations: for integer dtypes in QAT, also quantize activations.
+        range_decay: weight of the old range in the moving average that
+            tracks an activation range during training.
         include: layer names or classes to cover (default: all supported).
         exclude: layer names or classes to leave in float.
 
@@ -57,10 +65,17 @@ class Quantize(Operator):
     ```
     """
 
-    prunes = False
-    schedule = None
+    # Several words, no arguments: the word is the dtype, the first argument.
+    scheme_word = ("float16", "int8", "int4")
+    scheme_args = ()
+    scheme_help = "quantization-aware fine-tuning of the weights to this dtype"
 
-    def __init__(self, dtype="int8", mode="qat", activations=True, include=None, exclude=None):
+    # Two quantizers on one weight are an error.
+    exclusive = "quantized"
+
+    def __init__(
+        self, dtype="int8", mode="qat", activations=True, range_decay=0.99, include=None, exclude=None
+    ):
         super().__init__(include=include, exclude=exclude)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}. Received: mode={mode!r}")
@@ -69,16 +84,88 @@ class Quantize(Operator):
         self.dtype = dtype
         self.mode = mode
         self.activations = bool(activations)
+        self.range_decay = float(range_decay)
+
+    @property
+    def kept_by_strip(self):
+        """Integer quantizers stay in the stripped graph: the TFLite converter reads them."""
+        return self.dtype in quantizers.BITS
+
+    @property
+    def quantizes_activations(self):
+        return self.activations and self.dtype in quantizers.BITS
 
     def paths(self, layer, spec):
         return spec.weights
 
-    def wrapper_arguments(self, layer, spec):
-        return {
-            "quantize": self.dtype,
-            "quantized_weights": {p: self.channel_axes(spec, p) for p in spec.weights},
-            "quantize_activations": self.activations and self.dtype in quantizers.BITS,
-        }
+    def build(self, wrapper, path, variable):
+        unit = wrapper.unit_of(path)
+        return {"axes": self.channel_axes(unit.spec, path) if unit and unit.spec else ()}
+
+    def transform(self, state, value, training):
+        return quantizers.fake_quant_weight(value, self.dtype, state["axes"])
+
+    # -- activations: one range per tensor, placed by `keras_condensa.activation_ranges`
+    def layer_arguments(self, layer, spec):
+        return {"places": ["input", "output"]} if self.quantizes_activations else None
+
+    def build_layer(self, wrapper, arguments):
+        places = tuple(p for p in PLACES if p in arguments.get("places", ()))
+        if any(p not in PLACES for p in arguments.get("places", ())):
+            raise ValueError(
+                f"The activation places of '{wrapper.layer.name}' must be among {PLACES}. "
+                f"Received: {arguments!r}"
+            )
+
+        def variable(name, shape=(2,)):
+            return wrapper.add_weight(name=name, shape=shape, initializer="zeros", trainable=False)
+
+        state = {"places": places, "input_range": variable("input_range")}
+        state["output_range"] = variable("output_range")
+        if "activation" in places:
+            state["activation_range"] = variable("activation_range")
+        state["initialized"] = variable("ranges_initialized", ())
+        return state
+
+    def _fake_quant(self, state, x, name, training, fixed=None):
+        if "float" not in str(getattr(x, "dtype", "")):
+            return x
+        if fixed is not None:
+            return quantizers.fake_quant_activation(x, ops.convert_to_tensor(fixed, x.dtype))
+        value_range = state[name]
+        if training:
+            value_range.assign(
+                quantizers.track_range(value_range, x, state["initialized"], self.range_decay)
+            )
+        return quantizers.fake_quant_activation(x, value_range)
+
+    def call_layer(self, state, wrapper, call, inputs, training):
+        """Fake-quantizes the layer's input, pre-activation and output within tracked ranges.
+
+        The places are where the TFLite converter puts one range per tensor
+        (`"input"`, `"activation"`: a Dense/Conv with a non-ReLU activation
+        such as softmax, whose logits get their own range, `"output"`). The
+        output of a sigmoid, softmax or tanh gets the fixed range of its int8
+        LiteRT kernel.
+        """
+        places = state["places"]
+        layer = wrapper.layer
+        if "input" in places:
+            inputs = self._fake_quant(state, inputs, "input_range", training)
+        if "activation" in places:
+            # The linear part and the activation are two ops in the file, each with a range.
+            activation = layer.activation
+            with prunable.swapped([(layer, "activation", keras.activations.linear)]):
+                outputs = call(inputs)
+            outputs = activation(self._fake_quant(state, outputs, "activation_range", training))
+        else:
+            outputs = call(inputs)
+        if "output" in places:
+            fixed = quantizers.FIXED_RANGES.get(quantizers.output_activation(layer))
+            outputs = self._fake_quant(state, outputs, "output_range", training, fixed)
+        if places and training:
+            state["initialized"].assign(1.0)
+        return outputs
 
     def channel_axes(self, spec, path):
         """Per-channel axes of a weight: convolution filters per output channel.
@@ -99,15 +186,15 @@ class Quantize(Operator):
     def apply(self, model):
         if self.mode == "qat":
             return super().apply(model)
-        from keras_condensa import masking, surgery
+        from keras_condensa import masking, surgery  # noqa: PLC0415 - surgery is above operators
 
-        surgery.check_model(model)
+        check_model(model)
         if any(True for _ in masking.iter_wrappers(model)):
             raise ValueError(
                 "Post-training quantization applies to a plain model: strip the compressed model "
                 f"first, e.g. kc.Quantize({self.dtype!r}, mode='post_training').apply(kc.strip(model))."
             )
-        copied = surgery.strip(model)
+        copied = surgery.unwrap(model)
         try:
             copied.quantize(self.dtype)
         except (ValueError, NotImplementedError) as error:
@@ -115,6 +202,11 @@ class Quantize(Operator):
         return copied
 
     def get_config(self):
-        config = {"dtype": self.dtype, "mode": self.mode, "activations": self.activations}
+        config = {
+            "dtype": self.dtype,
+            "mode": self.mode,
+            "activations": self.activations,
+            "range_decay": self.range_decay,
+        }
         config.update(super().get_config())
         return config

@@ -20,7 +20,8 @@ import numpy as np
 from keras import ops
 
 from keras_condensa import dependency, masks
-from keras_condensa.operators.base import PruningOperator, _matches
+from keras_condensa.operators.base import _matches
+from keras_condensa.operators.mask import PruningOperator
 from keras_condensa.operators.prune import check_min_density, check_scope
 
 # Layers with per-channel weights that follow the mask of the channels they receive.
@@ -67,7 +68,7 @@ class _ChannelPrune(PruningOperator):
         self.min_layer_density = float(min_layer_density)
         self.prune_bias = bool(prune_bias)
 
-    # `masking.update_masks` passes the model's channel dependency graph to `compute_masks`.
+    # `update` passes the model's channel dependency graph to `compute_masks`.
     coupled_channels = True
 
     def selects(self, layer):
@@ -97,10 +98,10 @@ class _ChannelPrune(PruningOperator):
         return tuple(paths)
 
     def compute_masks(self, items, density, graph=None):
-        """Masks whole channels; see `PruningOperator.compute_masks`.
+        """Masks whole channels; see `MaskOperator.compute_masks`.
 
         Args:
-            items: as in `PruningOperator.compute_masks`.
+            items: as in `MaskOperator.compute_masks`.
             density: the fraction of channels to keep, per group (`"layer"`
                 scope) or over all groups (`"global"`).
             graph: the model's `dependency.DependencyGraph`: coupled
@@ -151,14 +152,14 @@ class _ChannelPrune(PruningOperator):
         """
         units, by_group, followers, scales = [], {}, [], {}
         # A layer nested in a custom layer is outside the model's graph: scored on its own.
-        for wrapper, spec, paths, current in items:
+        for wrapper, spec, paths, current in ((i.wrapper, i.spec, i.paths, i.values) for i in items):
             nested = spec is not None and spec.prefix
             layout = graph.channels_of(wrapper) if graph is not None and not nested else None
             if isinstance(wrapper.layer, _FOLLOWERS) and layout is not None:
                 followers.append((wrapper, layout, paths, current))
                 if graph.previous(wrapper) is not None:
                     scales[id(graph.previous(wrapper))] = _batchnorm_scale(wrapper.layer, current)
-        for wrapper, spec, paths, current in items:
+        for wrapper, spec, paths, current in ((i.wrapper, i.spec, i.paths, i.values) for i in items):
             if isinstance(wrapper.layer, _FOLLOWERS):
                 continue
             score = masks.channel_scores(
@@ -193,6 +194,7 @@ class _ChannelPrune(PruningOperator):
         return config
 
 
+@keras.saving.register_keras_serializable(package="keras_condensa")
 class NeuronPrune(_ChannelPrune):
     """Removes whole neurons (output units of Dense and EinsumDense layers).
 
@@ -224,9 +226,13 @@ class NeuronPrune(_ChannelPrune):
     ```
     """
 
+    scheme_word = "neuron"
+    scheme_args = ("D",)
+    scheme_help = "keep fraction D of the neurons (output units of Dense layers)"
     kinds = ("neuron",)
 
 
+@keras.saving.register_keras_serializable(package="keras_condensa")
 class FilterPrune(_ChannelPrune):
     """Removes whole filters (output channels of convolution layers).
 
@@ -244,14 +250,21 @@ class FilterPrune(_ChannelPrune):
     ```
     """
 
+    scheme_word = "filter"
+    scheme_args = ("D",)
+    scheme_help = "keep fraction D of the filters (output channels of convolutions)"
     kinds = ("filter",)
 
 
+@keras.saving.register_keras_serializable(package="keras_condensa")
 class StructurePrune(_ChannelPrune):
     """Removes neurons and filters under one global threshold (Condensa's `StructurePrune`).
 
     Arguments as in `kc.NeuronPrune`; `scope` defaults to `"global"`.
     """
 
+    scheme_word = "structure"
+    scheme_args = ("D",)
+    scheme_help = "keep fraction D of the neurons and filters together (one global threshold)"
     kinds = ("neuron", "filter")
     default_scope = "global"
