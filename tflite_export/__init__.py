@@ -18,7 +18,7 @@ print(te.tensor_table(result))
 """
 
 from tflite_export.benchmark import BenchmarkResult, benchmark
-from tflite_export.convert import ExportResult, export
+from tflite_export.convert import export
 from tflite_export.errors import (
     ConversionError,
     ExportWarning,
@@ -26,6 +26,7 @@ from tflite_export.errors import (
     UnsupportedOpsError,
 )
 from tflite_export.inspection import TensorInfo, inspect_tflite, op_counts, tensor_table
+from tflite_export.result import ExportResult
 from tflite_export.runtime import predict
 from tflite_export.verify import VerifyResult, verify
 

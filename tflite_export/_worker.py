@@ -18,6 +18,7 @@ def main(request_path):
         import keras
         import numpy as np
 
+        from tflite_export import models
         from tflite_export.convert import export
         from tflite_export.errors import ExportWarning
 
@@ -25,6 +26,7 @@ def main(request_path):
             raise RuntimeError(
                 f"the export worker needs KERAS_BACKEND=tensorflow, got {keras.backend.backend()}"
             )
+        models.import_modules(request["modules"])
         representative = None
         if request["representative_data"]:
             with np.load(request["representative_data"]) as arrays:

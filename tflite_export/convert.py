@@ -7,7 +7,6 @@ the same `ExportResult`.
 """
 
 import contextlib
-import dataclasses
 import gzip
 import os
 import tempfile
@@ -17,38 +16,9 @@ import keras
 
 from tflite_export import data, inspection, models, runtime
 from tflite_export.errors import ConversionError, ExportWarning
+from tflite_export.result import ExportResult
 
 QUANTIZE_MODES = (None, "float16", "dynamic", "int8")
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportResult:
-    """What `export` wrote.
-
-    Attributes:
-        path: absolute path of the `.tflite` file.
-        bytes: size of the file.
-        gzip_bytes: size of the file compressed with gzip (level 9), the size
-            a download or an over-the-air update pays.
-        ops: sorted names of the ops in the file.
-        input_dtypes: element types of the inputs, in model input order.
-        output_dtypes: element types of the outputs.
-        sparse_tensors: number of tensors stored in the sparse encoding.
-        fallback: what `export` changed from the request and why, or `None`.
-        kernels: `"default"` if LiteRT's default interpreter (with XNNPACK)
-            runs the file, `"builtin"` if it needs the built-in kernels only
-            (pass it on as `verify(..., kernels=result.kernels)`).
-    """
-
-    path: str
-    bytes: int
-    gzip_bytes: int
-    ops: list
-    input_dtypes: list
-    output_dtypes: list
-    sparse_tensors: int
-    fallback: str | None
-    kernels: str
 
 
 def gzip_size(content):
@@ -225,8 +195,10 @@ def export(
     a failure leaves nothing (or the previous file) at `path`.
 
     Args:
-        model: a `keras.Model`, or a path to a `.keras` file (custom layers of
-            `keras_condensa` are registered when it is installed).
+        model: a `keras.Model`, or a path to a `.keras` file (import the
+            modules that register its custom layers first; under another
+            backend the export worker imports the modules that define the
+            model's custom classes).
         path: where to write the `.tflite` file.
         quantize: `None` (float32), `"float16"` (float16 weights),
             `"dynamic"` (int8 weights, float activations) or `"int8"` (full

@@ -15,10 +15,14 @@ SavedModel first and leaves the batch dimension dynamic.)
 import re
 
 import keras
-import tensorflow as tf
 
 from tflite_export import data
-from tflite_export.errors import ConversionError, UnsupportedOpsError
+from tflite_export.errors import ConversionError, UnsupportedOpsError, missing_dependency
+
+try:
+    import tensorflow as tf
+except ImportError as error:
+    raise missing_dependency("tensorflow", "the TFLite converter", error) from error
 
 _FAKE_QUANT_PREFIX = "FakeQuantWithMinMax"
 _WHILE_OPS = ("While", "StatelessWhile")

@@ -98,9 +98,7 @@ def input_specs(model):
                 f"{name.split('/')[-1]!r})` for sequences padded to 16 tokens, and call the "
                 "layer (or backbone) on them."
             )
-        specs.append(
-            InputSpec(name, tuple(int(d) for d in shape), str(tensor.dtype), tuple(path))
-        )
+        specs.append(InputSpec(name, tuple(int(d) for d in shape), str(tensor.dtype), tuple(path)))
     return specs
 
 

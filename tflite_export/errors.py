@@ -36,3 +36,20 @@ class ConversionError(RuntimeError):
 
 class ExportWarning(UserWarning):
     """`export` changed something from the request (see `ExportResult.fallback`)."""
+
+
+def missing_dependency(package, purpose, error):
+    """The `ImportError` to raise when an `[export]` dependency is not installed.
+
+    Args:
+        package: the pip name of the missing package.
+        purpose: what `tflite_export` needs it for.
+        error: the original `ImportError`.
+
+    Returns:
+        An `ImportError` naming the extra to install.
+    """
+    return ImportError(
+        f"tflite_export needs {package} for {purpose}, and importing it failed: {error}. "
+        "Install the export extra: pip install 'keras-condensa[export]'"
+    )

@@ -8,6 +8,7 @@ import collections
 import dataclasses
 
 from tflite_export import runtime
+from tflite_export.errors import missing_dependency
 
 _TENSOR_TYPES = {
     0: "float32",
@@ -62,7 +63,10 @@ class TensorInfo:
 
 
 def _schema():
-    from ai_edge_litert import schema_py_generated
+    try:
+        from ai_edge_litert import schema_py_generated
+    except ImportError as error:
+        raise missing_dependency("ai-edge-litert", "the LiteRT file schema", error) from error
 
     return schema_py_generated
 

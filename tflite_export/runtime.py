@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-from tflite_export.errors import InvalidTFLiteFileError
+from tflite_export.errors import InvalidTFLiteFileError, missing_dependency
 
 KERNELS = ("default", "builtin")
 _IDENTIFIER = b"TFL3"
@@ -85,7 +85,10 @@ def load(content, kernels="default", num_threads=None):
         InvalidTFLiteFileError: the runtime cannot read the model.
         RuntimeError: the runtime reads it but cannot prepare it with these kernels.
     """
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    try:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    except ImportError as error:
+        raise missing_dependency("ai-edge-litert", "the LiteRT interpreter", error) from error
 
     check_kernels(kernels)
     resolver = (

@@ -3,7 +3,10 @@
 The TFLite converter traces TensorFlow graphs, so a process running Keras on JAX
 or PyTorch saves the model to a temporary `.keras` file and the calibration data
 to a `.npz`, and runs `python -m tflite_export._worker` with
-`KERAS_BACKEND=tensorflow`. The worker writes the `.tflite` file itself
+`KERAS_BACKEND=tensorflow`. The worker first imports the modules that define
+the model's custom classes (`models.custom_object_modules`: the wrappers of a
+compression library, a user's own layers), so the file loads there without
+`tflite_export` naming any library. It writes the `.tflite` file itself
 (atomically) and answers with a JSON file: the `ExportResult`, the warnings it
 issued, or the error to raise here.
 """
@@ -19,7 +22,7 @@ import keras
 import numpy as np
 
 from tflite_export import data, errors, models
-from tflite_export.convert import ExportResult
+from tflite_export.result import ExportResult
 
 _ERRORS = {
     "ValueError": ValueError,
@@ -72,6 +75,7 @@ def export_in_subprocess(
             np.savez(data_path, *representative)
         request = {
             "model": model_path,
+            "modules": models.custom_object_modules(loaded),
             "path": path,
             "quantize": quantize,
             "representative_data": data_path,
