@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from keras_tuner.engine import trial as trial_module
 
-from keras_condensa.search import ConstrainedBayesianOracle, Constraint, acquisition
+from keras_condensa.search import ConstrainedBayesianOracle, Constraint, acquisition, strategies
 
 MIN_DENSITY = 0.005
 WEIGHTS = 50_000
@@ -675,3 +675,237 @@ def test_two_sided_constraint_searches_without_monotone_structure():
         search(oracle, density_metrics(accuracy_curve(0.05, floor=0.95)))
     best = oracle.get_best_trials(1)[0]
     assert oracle.is_feasible(best)
+
+
+# ---------------------------------------------------------------------------
+# Proposals pinned, and the strategy seam.
+
+
+def proposal_trace():
+    """What the oracle proposes, trial by trial, on fixed synthetic problems; and stop reasons.
+
+    Covers every strategy: the bisection design and Sobol design, the level-set
+    bracket (bisection, quadratic step, replicate, early stop), constrained
+    expected improvement (optimistic, believed running trials, several
+    dimensions), mirrored (ceiling, maximised, falling order).
+    """
+    proposals, stops = {}, {}
+
+    def record(name, trials, oracle):
+        proposals[name] = [
+            [v if isinstance(v, str) else round(float(v), 10) for _, v in sorted(values.items())]
+            for values in (t.hyperparameters.values for t in trials)
+        ]
+        if oracle.stop_reason is not None:
+            stops[name] = oracle.stop_reason
+
+    accuracy = accuracy_curve(0.1, floor=0.96)
+    rng = np.random.default_rng(0)
+
+    def noisy(values):
+        d = values["density"]
+        return {"nonzero_params": d * WEIGHTS, "val_accuracy": accuracy(d) + rng.normal(0, 2e-3)}
+
+    oracle = make_oracle(max_trials=14)
+    record("noisy", search(oracle, noisy), oracle)
+
+    oracle = make_oracle(max_trials=12, min_expected_saving=0.0, seed=5)
+    record("past_the_bracket", search(oracle, density_metrics(accuracy_curve(0.08))), oracle)
+
+    oracle = make_oracle(max_trials=5, floor=0.995)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        record("nothing_feasible", search(oracle, density_metrics(accuracy)), oracle)
+
+    hp = keras_tuner.HyperParameters()
+    hp.Float("fc1_density", 0.01, 1.0, sampling="log")
+    hp.Float("fc2_density", 0.01, 1.0, sampling="log")
+    hp.Choice("scheme", ["unstructured", "block"])
+
+    def layered(values):
+        kept = values["fc1_density"] * 19_200 + values["fc2_density"] * 30_000
+        penalty = 0.02 if values["scheme"] == "block" else 0.0
+        return {"nonzero_params": kept, "val_accuracy": accuracy(kept / 49_200) - penalty}
+
+    oracle = make_oracle(max_trials=7, hyperparameters=hp, seed=1)
+    record("several_dimensions", search(oracle, layered), oracle)
+
+    # Two tuners at a time: each proposal sees the other's running trial.
+    oracle = make_oracle(max_trials=10, min_expected_saving=0.0, seed=2)
+    evaluate = density_metrics(accuracy)
+    parallel = []
+    for _ in range(4):
+        pair = [oracle.create_trial("tuner0"), oracle.create_trial("tuner1")]
+        for trial in pair:
+            oracle.update_trial(trial.trial_id, evaluate(trial.hyperparameters.values))
+            trial.status = "COMPLETED"
+            oracle.end_trial(trial)
+        parallel += pair
+    record("parallel", parallel, oracle)
+
+    oracle = ConstrainedBayesianOracle(
+        objective=keras_tuner.Objective("compression", "max"),
+        constraint=Constraint("error", max_value=0.04),
+        hyperparameters=density_space(),
+        max_trials=8,
+        min_expected_saving=0.0,
+        seed=3,
+    )
+    oracle.verbose = 0
+    record(
+        "mirrored",
+        search(
+            oracle,
+            lambda v: {"compression": 1 / v["density"], "error": 1 - accuracy(v["density"])},
+        ),
+        oracle,
+    )
+
+    hp = keras_tuner.HyperParameters()
+    hp.Float("sparsity", 0.0, 0.99)
+    oracle = make_oracle(
+        max_trials=7, hyperparameters=hp, monotone={"sparsity": -1}, min_expected_saving=0.0
+    )
+    record(
+        "falling_order",
+        search(
+            oracle,
+            lambda v: {
+                "nonzero_params": (1 - v["sparsity"]) * WEIGHTS,
+                "val_accuracy": accuracy(max(1 - v["sparsity"], 1e-3)),
+            },
+        ),
+        oracle,
+    )
+    return proposals, stops
+
+
+# Recorded from the oracle before it was split into Keras Tuner glue and
+# strategies (one class with the three strategies inside): the split changes
+# no proposal. Floats to 10 digits; several dimensions go through Gaussian
+# processes whose last digits may vary across BLAS builds, hence `approx`.
+# fmt: off
+PINNED_PROPOSALS = {
+    "noisy": [
+        [0.0707106781], [0.2659147948], [0.1371240878], [0.1021007833],
+    ],
+    "past_the_bracket": [
+        [0.0707106781], [0.2659147948], [0.1371240878], [0.0699827176], [0.0906454028],
+        [0.0792357537], [0.0804752792], [1.0], [0.0813123835], [0.0821581953], [0.0784200282],
+        [0.0830128052],
+    ],
+    "nothing_feasible": [
+        [0.0707106781], [0.2659147948], [0.5156692689], [1.0], [0.005],
+    ],
+    "several_dimensions": [
+        [1.0, 1.0, "block"], [0.1, 0.1, "block"], [0.0204611781, 0.150485499, "block"],
+        [0.3465114876, 0.0129940576, "unstructured"],
+        [0.5224857433, 0.1281708925, "unstructured"], [1.0, 1.0, "unstructured"],
+        [0.0736431958, 0.0551117629, "unstructured"],
+    ],
+    "parallel": [
+        [0.0707106781], [1.0], [0.2659147948], [0.1371240878], [0.1021007833], [0.0883304179],
+        [0.0911156301], [0.0920634153],
+    ],
+    "mirrored": [
+        [0.0707106781], [0.2659147948], [0.1371240878], [0.1021007833], [0.0901776023],
+        [0.0911156301], [0.0920634153], [0.0930210594],
+    ],
+    "falling_order": [
+        [0.495], [0.7425], [0.86625], [0.9368261719], [0.8923535156], [0.9078222656],
+        [0.9058886719],
+    ],
+}
+# fmt: on
+PINNED_STOPS = {
+    "noisy": (
+        "the boundary is located: a further trial was expected to save less than 4% of "
+        "the best nonzero_params"
+    ),
+}
+
+
+def test_proposals_are_the_same_as_before_the_strategies_were_split_out():
+    proposals, stops = proposal_trace()
+    assert stops == PINNED_STOPS
+    assert sorted(proposals) == sorted(PINNED_PROPOSALS)
+    for name, expected in PINNED_PROPOSALS.items():
+        got = proposals[name]
+        assert len(got) == len(expected), name
+        for row, want in zip(got, expected, strict=True):
+            assert [v for v in row if isinstance(v, str)] == [
+                v for v in want if isinstance(v, str)
+            ], name
+            floats = [v for v in row if not isinstance(v, str)]
+            assert floats == pytest.approx([v for v in want if not isinstance(v, str)], rel=1e-6)
+
+
+class EveryTenthFromTheTop(strategies.Strategy):
+    """A strategy written outside the package: densities 1.0, 0.9, 0.8 on a linear scale."""
+
+    def __init__(self, num_points):
+        self.num_points = num_points
+        self.asked = []
+
+    def propose(self, history, space, rng):
+        self.asked.append((history.num_trials, len(history.completed_x)))
+        if history.num_trials >= self.num_points:
+            return None  # the next strategies decide
+        return np.full(space.dims, 1.0 - 0.1 * history.num_trials)
+
+
+def linear_density_space():
+    hp = keras_tuner.HyperParameters()
+    hp.Float("density", 0.0, 1.0)
+    return hp
+
+
+def test_a_strategy_from_outside_the_package_is_asked_first_and_its_points_are_used():
+    mine = EveryTenthFromTheTop(num_points=3)
+    oracle = ConstrainedBayesianOracle(
+        objective=keras_tuner.Objective("nonzero_params", "min"),
+        constraint=Constraint("val_accuracy", min_value=0.96),
+        hyperparameters=linear_density_space(),
+        max_trials=6,
+        seed=0,
+        strategies=[mine, *strategies.default_strategies()],
+    )
+    oracle.verbose = 0
+    accuracy = accuracy_curve(0.1)
+    trials = search(oracle, density_metrics(lambda d: accuracy(max(d, 1e-3))))
+    densities = [t.hyperparameters.get("density") for t in trials]
+    assert densities[:3] == pytest.approx([1.0, 0.9, 0.8])
+    # Asked for every trial, with the history so far; then the defaults took over.
+    assert mine.asked == [(n, n) for n in range(6)]
+    assert len(set(densities)) == 6 and all(d < 0.8 for d in densities[3:])
+    assert oracle.is_feasible(oracle.get_best_trials(1)[0])
+
+
+def test_a_strategy_can_stop_the_search_and_say_why():
+    class StopAfterTwo(strategies.Strategy):
+        def propose(self, history, space, rng):
+            if history.num_trials >= 2:
+                return strategies.Stop("two trials are enough")
+            return None
+
+    oracle = make_oracle(strategies=[StopAfterTwo(), *strategies.default_strategies()])
+    trials = search(oracle, density_metrics(accuracy_curve(0.1)))
+    assert len(trials) == 2
+    assert oracle.stop_reason == "two trials are enough"
+
+
+def test_the_strategy_seam_rejects_bad_strategies_and_proposals():
+    with pytest.raises(TypeError, match=r"Strategy.*Received: .*object"):
+        make_oracle(strategies=[object()])
+    with pytest.raises(TypeError, match="must be a list"):
+        make_oracle(strategies=strategies.InitialDesign())
+    with pytest.raises(ValueError, match=r"num_initial_points.*pass them to the strategies"):
+        make_oracle(num_initial_points=3, strategies=strategies.default_strategies())
+
+    class WrongShape(strategies.Strategy):
+        def propose(self, history, space, rng):
+            return np.zeros((2, 3))
+
+    oracle = make_oracle(strategies=[WrongShape()])
+    with pytest.raises(ValueError, match=r"WrongShape.propose.*shape \(1,\).*\(2, 3\)"):
+        oracle.create_trial("tuner0")

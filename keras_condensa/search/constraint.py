@@ -1,9 +1,11 @@
-"""A bound on one metric that every acceptable trial must meet.
+"""A bound on one metric that every acceptable trial must meet, and how trials rank under it.
 
 The search minimises a cost (bytes, latency, nonzero parameters) *subject to*
 a bound on another metric, usually an accuracy floor. A `Constraint` names the
 metric and holds the bound; it is plain data (a JSON-friendly config), so it
 can live in the chief's oracle while workers only report metric values.
+Its `best_step`, `rank` and `pareto_front` rank trials under it; `trial_metric`
+reads a trial's metric.
 """
 
 import math
@@ -34,6 +36,8 @@ class Constraint:
     >>> c = Constraint("val_accuracy", min_value=0.97)
     >>> c.is_satisfied(0.975), c.violation(0.95)
     (True, 0.020000000000000018)
+    >>> c.direction, round(c.slack(0.975), 6)
+    (1, 0.005)
     >>> c
     Constraint('val_accuracy', min_value=0.97)
     """
@@ -75,6 +79,33 @@ class Constraint:
         """Whether exactly one bound is set (the feasible set is a half-line)."""
         return (self.min_value is None) != (self.max_value is None)
 
+    @property
+    def direction(self):
+        """Which way the metric moves toward feasibility: +1, -1 or 0.
+
+        +1 under a floor alone (higher values are nearer feasible), -1 under a
+        ceiling alone, 0 with both bounds.
+        """
+        if not self.one_sided:
+            return 0
+        return 1 if self.min_value is not None else -1
+
+    def slack(self, value):
+        """How far inside the feasible set `value` is: the distance to the nearest bound.
+
+        Args:
+            value: the metric's value.
+
+        Returns:
+            A float, negative outside the feasible set.
+        """
+        slack = math.inf
+        if self.min_value is not None:
+            slack = min(slack, value - self.min_value)
+        if self.max_value is not None:
+            slack = min(slack, self.max_value - value)
+        return slack
+
     def violation(self, value):
         """How far `value` is from the feasible set, 0.0 when it is inside.
 
@@ -114,6 +145,73 @@ class Constraint:
         if lo is not None:
             return f"{self.name} >= {lo}"
         return f"{self.name} <= {hi}"
+
+    def best_step(self, objective, constrained, sign):
+        """The step a trial is scored at: feasible steps by objective, then by violation.
+
+        Among feasible steps, the best objective (ties: the most slack); without
+        one, the step that misses the constraint least (ties: the objective).
+
+        Args:
+            objective: dict from step to the objective's value.
+            constrained: dict from step to the constrained metric's value.
+            sign: +1.0 when the objective is minimised, -1.0 when maximised.
+
+        Returns:
+            A step, or None when no step has both values (and a finite objective).
+        """
+        steps = [s for s in objective if s in constrained and not math.isnan(objective[s])]
+        if not steps:
+            return None
+
+        def key(step):
+            value = constrained[step]
+            violation = self.violation(value)
+            return (violation > 0, violation, sign * objective[step], -self.slack(value))
+
+        return min(steps, key=key)
+
+    def rank(self, points):
+        """Feasible points by cost, then infeasible ones by violation (ties: cost).
+
+        When nothing is feasible the first point is the one closest to
+        feasibility.
+
+        Args:
+            points: a list of `(item, cost, value)`: the cost oriented to be
+                minimised, the constrained metric's value.
+
+        Returns:
+            The items, best first.
+        """
+        feasible = [p for p in points if self.is_satisfied(p[2])]
+        infeasible = [p for p in points if not self.is_satisfied(p[2])]
+        feasible.sort(key=lambda p: p[1])
+        infeasible.sort(key=lambda p: (self.violation(p[2]), p[1]))
+        return [item for item, _, _ in feasible + infeasible]
+
+    def pareto_front(self, points):
+        """The points not dominated on (constrained metric, cost).
+
+        A point is dominated when another is at least as good on both (the
+        constrained metric counts higher as better under a floor, lower under a
+        ceiling only) and strictly better on one.
+
+        Args:
+            points: a list of `(item, cost, value)`: the cost oriented to be
+                minimised, the constrained metric's value.
+
+        Returns:
+            The non-dominated items, lowest cost first.
+        """
+        metric_sign = -1.0 if self.min_value is not None else 1.0
+        points = [(item, cost, metric_sign * value) for item, cost, value in points]
+        front = [
+            (item, cost)
+            for item, cost, metric in points
+            if not any(c <= cost and m <= metric and (c < cost or m < metric) for _, c, m in points)
+        ]
+        return [item for item, _ in sorted(front, key=lambda pair: pair[1])]
 
     def get_config(self):
         """The constructor arguments, as a JSON-friendly dict.
@@ -166,3 +264,25 @@ def _check_bound(arg, value):
             f"Received: {arg}={value}."
         )
     return value
+
+
+def trial_metric(trial, name, default=None):
+    """A trial's value of metric `name` at its best step (else its last), or `default`.
+
+    Args:
+        trial: a `keras_tuner` `Trial`.
+        name: the metric's name.
+        default: what to return when the trial did not report it.
+
+    Returns:
+        A float, or `default`.
+    """
+    if not trial.metrics.exists(name):
+        return default
+    history = trial.metrics.get_history(name)
+    if not history:
+        return default
+    for observation in history:
+        if observation.step == trial.best_step:
+            return float(observation.mean())
+    return float(history[-1].mean())
