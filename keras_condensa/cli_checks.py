@@ -1,5 +1,6 @@
 """The command line's validation layer: every subcommand's arguments, checked before any work.
 
+Inputs are loaded and checked here too (`load_model`, `load_data`).
 Single values are checked by argparse types (`int_at_least`, `fraction`) as
 the command line is parsed; files by `check_paths`, from one table of what
 each subcommand reads and writes. Every failure is a `UsageError` or an
@@ -9,6 +10,10 @@ argparse error, and the command line exits with status 2.
 import argparse
 import os
 import tempfile
+
+from keras_condensa.compiling import check_finite_data
+
+_DATA_KEYS = ("x_train", "y_train", "x_val", "y_val")
 
 
 class UsageError(Exception):
@@ -130,3 +135,190 @@ def check_paths(args):
             raise UsageError(f"{kind} file {what}: {path}")
     if args.command in _OUTPUTS:
         _check_output(args, *_OUTPUTS[args.command])
+
+
+def one_line(error, limit=200):
+    """An error's text on one line, cut to `limit` characters."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_compress_args(args, scheme):
+    """Checks `compress` options against each other and the parsed scheme.
+
+    Raises:
+        UsageError: `--fine-tune lc` without epochs, or `--shrink` with a
+            scheme that trains int8/int4 quantizers.
+    """
+    if args.fine_tune == "lc" and not args.epochs:
+        raise UsageError("--fine-tune lc trains: give --epochs >= 1 (or --fine-tune none)")
+    if args.shrink and any(
+        getattr(op, "dtype", None) in ("int8", "int4") for op in scheme.operators()
+    ):
+        raise UsageError(
+            "--shrink rebuilds plain Keras layers and would drop the int8/int4 quantizers the "
+            "scheme trains; compress without --shrink, or shrink a float scheme"
+        )
+
+
+def check_search_args(args):
+    """Checks `search` options against each other.
+
+    Raises:
+        UsageError: `--qat` with a structured `--prune` or without `--quantize int8`.
+    """
+    if args.qat != "none" and args.prune != "unstructured":
+        raise UsageError(
+            f"--prune {args.prune} shrinks every trial's model, which drops the quantizers "
+            f"--qat {args.qat} trains; use --quantize int8 without --qat for a structured search"
+        )
+    if args.qat != "none" and args.quantize != "int8":
+        raise UsageError(
+            f"--qat {args.qat} fine-tunes with quantized weights; export them with "
+            f"--quantize int8 (got --quantize {args.quantize})"
+        )
+
+
+# ----------------------------------------------------------------------
+# Inputs.
+
+
+def load_model(path):
+    """Loads a `.keras` model, with keras_condensa's layers registered.
+
+    Raises:
+        UsageError: the file is missing, not a `.keras` file, or corrupt.
+    """
+    import keras
+
+    import keras_condensa  # noqa: F401  Registers the wrapper and quantizers.
+
+    if not os.path.isfile(path):
+        raise UsageError(f"model file not found: {path}")
+    if path.endswith(".keras"):
+        _check_keras_archive(path)
+    try:
+        model = keras.saving.load_model(path, compile=True)
+    except Exception as e:  # Keras raises many types for a bad archive.
+        raise UsageError(f"cannot load model {path}: {type(e).__name__}: {one_line(e)}") from None
+    if not isinstance(model, keras.Model):
+        raise UsageError(f"{path} does not hold a keras.Model (found {type(model).__name__})")
+    return model
+
+
+def _check_keras_archive(path):
+    """Raises unless `path` is a whole `.keras` archive (Keras says "File not found" otherwise)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise UsageError(
+            f"{path} is not a valid .keras archive: it is truncated or corrupt ({one_line(e)}); "
+            "save the model again"
+        ) from None
+    if damaged is not None or "config.json" not in names:
+        what = f"its member {damaged} is damaged" if damaged else "it has no config.json"
+        raise UsageError(f"{path} is not a valid .keras archive: {what}; save the model again")
+
+
+def load_data(path, model=None, require_labels=True):
+    """Loads a `--data` `.npz` and checks it fits `model`.
+
+    The file holds `x_train`, `y_train`, `x_val`, `y_val` (and optionally
+    `x_test`, `y_test`). Labels are integers in `[0, outputs)` or one-hot
+    rows as wide as the model's output.
+
+    Args:
+        path: the `.npz`.
+        model: the model the data must fit (input shape, output width).
+        require_labels: whether all four arrays are needed (else `x_train`
+            or `x_val` suffices).
+
+    Returns:
+        A dict of numpy arrays.
+
+    Raises:
+        UsageError: a missing or unreadable file, missing arrays, shapes
+            or labels that do not fit.
+    """
+    import numpy as np
+
+    if not os.path.isfile(path):
+        raise UsageError(f"data file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {k: np.asarray(npz[k]) for k in npz.files}
+    except Exception as e:
+        raise UsageError(f"cannot read data {path}: {type(e).__name__}: {one_line(e)}") from None
+    needed = _DATA_KEYS if require_labels else ()
+    missing = [k for k in needed if k not in data]
+    if not require_labels and "x_train" not in data and "x_val" not in data:
+        missing = ["x_train or x_val"]
+    if missing:
+        raise UsageError(
+            f"{path} lacks the arrays {', '.join(missing)}; a --data .npz holds "
+            f"{', '.join(_DATA_KEYS)} (optionally x_test, y_test). Found: {sorted(data) or 'none'}"
+        )
+    for split in ("train", "val", "test"):
+        x, y = data.get(f"x_{split}"), data.get(f"y_{split}")
+        if x is None:
+            continue
+        if x.ndim < 1 or len(x) == 0:
+            raise UsageError(f"{path}: x_{split} is empty")
+        if not np.issubdtype(x.dtype, np.number):
+            raise UsageError(f"{path}: x_{split} is not numeric (dtype {x.dtype})")
+        for name, array in ((f"x_{split}", x), (f"y_{split}", y)):
+            try:
+                check_finite_data(name, array if array is not None else np.zeros(0))
+            except ValueError as e:
+                raise UsageError(f"{path}: {e}") from None
+        data[f"x_{split}"] = x.astype("float32") if x.dtype == np.float64 else x
+        if y is not None and len(y) != len(x):
+            raise UsageError(f"{path}: x_{split} has {len(x)} samples but y_{split} has {len(y)}")
+        if model is not None:
+            _check_fits(path, model, split, x, y)
+    return data
+
+
+def _check_fits(path, model, split, x, y):
+    import numpy as np
+
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise UsageError(
+            f"the command line handles models with one input and one output; this one has "
+            f"{len(model.inputs)} and {len(model.outputs)}"
+        )
+    expected = tuple(model.inputs[0].shape[1:])
+    got = tuple(x.shape[1:])
+    mismatch = len(expected) != len(got) or any(
+        e is not None and e != g for e, g in zip(expected, got, strict=False)
+    )
+    if mismatch:
+        raise UsageError(
+            f"{path}: x_{split} has samples of shape {got} but the model expects "
+            f"{tuple('?' if e is None else e for e in expected)}"
+        )
+    if y is None:
+        return
+    outputs = model.outputs[0].shape[-1]
+    if y.ndim >= 2 and y.shape[-1] > 1:
+        if outputs is not None and y.shape[-1] != outputs:
+            raise UsageError(
+                f"{path}: y_{split} has one-hot rows of width {y.shape[-1]} but the model "
+                f"has {outputs} outputs"
+            )
+        return
+    if not np.issubdtype(y.dtype, np.number) or not np.all(np.isfinite(y)):
+        raise UsageError(f"{path}: y_{split} must hold finite numeric labels")
+    if np.any(y < 0) or np.any(y != np.round(y)):
+        raise UsageError(f"{path}: y_{split} must hold non-negative integer labels")
+    classes = max(int(outputs or 1), 2)  # One sigmoid unit: labels 0 and 1.
+    top = int(np.max(y))
+    if top >= classes:
+        raise UsageError(
+            f"{path}: y_{split} has label {top} but the model has {outputs} output"
+            f"{'s' if outputs != 1 else ''} (labels must be < {classes})"
+        )

@@ -11,7 +11,6 @@ import tempfile
 import time
 
 import keras
-import numpy as np
 
 
 def load_data(seed=0):
@@ -111,33 +110,52 @@ def comparison_table(dense, best):
 
     rows = [
         ("measure", "dense", "best", "dense/best"),
-        ("val accuracy", num(dense["accuracy"], "acc"), num(best["accuracy"], "acc"),
-         f"{best['accuracy'] - dense['accuracy']:+.4f}"),
-        ("parameters", num(dense["params"], "n"), num(best["params"], "n"),
-         _ratio(dense["params"], best["params"])),
-        ("nonzeros", num(dense["nonzeros"], "n"), num(best["nonzeros"], "n"),
-         _ratio(dense["nonzeros"], best["nonzeros"])),
-        ("TFLite bytes", num(dense["tflite_bytes"], "n"), num(best["tflite_bytes"], "n"),
-         _ratio(dense["tflite_bytes"], best["tflite_bytes"])),
-        ("gzip bytes", num(dense["gzip_bytes"], "n"), num(best["gzip_bytes"], "n"),
-         _ratio(dense["gzip_bytes"], best["gzip_bytes"])),
-        ("LiteRT p50 ms", num(dense["latency_ms"], "ms"), num(best["latency_ms"], "ms"),
-         _ratio(dense["latency_ms"], best["latency_ms"])),
+        (
+            "val accuracy",
+            num(dense["accuracy"], "acc"),
+            num(best["accuracy"], "acc"),
+            f"{best['accuracy'] - dense['accuracy']:+.4f}",
+        ),
+        (
+            "parameters",
+            num(dense["params"], "n"),
+            num(best["params"], "n"),
+            _ratio(dense["params"], best["params"]),
+        ),
+        (
+            "nonzeros",
+            num(dense["nonzeros"], "n"),
+            num(best["nonzeros"], "n"),
+            _ratio(dense["nonzeros"], best["nonzeros"]),
+        ),
+        (
+            "TFLite bytes",
+            num(dense["tflite_bytes"], "n"),
+            num(best["tflite_bytes"], "n"),
+            _ratio(dense["tflite_bytes"], best["tflite_bytes"]),
+        ),
+        (
+            "gzip bytes",
+            num(dense["gzip_bytes"], "n"),
+            num(best["gzip_bytes"], "n"),
+            _ratio(dense["gzip_bytes"], best["gzip_bytes"]),
+        ),
+        (
+            "LiteRT p50 ms",
+            num(dense["latency_ms"], "ms"),
+            num(best["latency_ms"], "ms"),
+            _ratio(dense["latency_ms"], best["latency_ms"]),
+        ),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = []
     for i, r in enumerate(rows):
-        cells = [c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))]
+        pairs = enumerate(zip(r, widths, strict=True))
+        cells = [c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in pairs]
         lines.append("  ".join(cells))
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def dense_accuracy(model, data):
-    """Top-1 validation accuracy of `model` on `data`."""
-    outputs = np.asarray(model.predict(data["x_val"], batch_size=256, verbose=0))
-    return float(np.mean(outputs.argmax(-1) == data["y_val"]))
 
 
 def run(args, out):
@@ -153,22 +171,22 @@ def run(args, out):
     Args:
         args: the parsed `demo` arguments (`max_trials`, `epochs`, `out`,
             `objective`, `dense_epochs`).
-        out: the command line's output (`cli._Output`).
+        out: the command line's output (`cli_output.Output`).
 
     Returns:
         The exit status, 0.
 
     Raises:
-        keras_condensa.cli.UsageError: invalid numbers of trials or epochs.
+        keras_condensa.cli_checks.UsageError: invalid numbers of trials or epochs.
     """
-    import keras
-
-    import keras_condensa as kc
-    import tflite_export as te
-    from keras_condensa import cli
+    from keras_condensa.cli_checks import UsageError
+    from keras_condensa.cli_output import json_result, search_with_progress
+    from keras_condensa.search.run import density_scheme
+    from keras_condensa.summary import summary
+    from keras_condensa.workflows.deploy import export_measured
 
     if args.max_trials < 1 or args.epochs < 0 or args.dense_epochs < 1:
-        raise cli.UsageError("--max-trials and --dense-epochs must be >= 1, --epochs >= 0")
+        raise UsageError("--max-trials and --dense-epochs must be >= 1, --epochs >= 0")
     start = time.perf_counter()
     data = load_data()
     out.progress(
@@ -177,30 +195,45 @@ def run(args, out):
         f"backend {keras.backend.backend()})"
     )
     dense = train_dense(data, epochs=args.dense_epochs)
-    result = cli.run_search(
-        dense, data, args.out, model_name="LeNet-300-100 (digits)", objective=args.objective,
-        max_trials=args.max_trials, epochs=args.epochs, max_drop=0.01, quantize="int8",
-        qat="int4", kernels="builtin", overwrite=True, out=out, seed=0,
-        command_line="`keras-condensa demo`",
+    result = search_with_progress(
+        out,
+        "`keras-condensa demo`",
+        dense,
+        data,
+        args.out,
+        model_name="LeNet-300-100 (digits)",
+        scheme=density_scheme("unstructured", qat="int4"),
+        objective=args.objective,
+        max_trials=args.max_trials,
+        epochs=args.epochs,
+        max_drop=0.01,
+        quantize="int8",
+        kernels="builtin",
+        overwrite=True,
+        seed=0,
     )
     # The dense model, exported the same way, as the yardstick.
-    dense_summary = kc.summary(dense, print_fn=None)
+    dense_summary = summary(dense, print_fn=None)
     with tempfile.TemporaryDirectory() as tmp:
-        dense_path = os.path.join(tmp, "dense.tflite")
-        te.export(dense, dense_path, quantize="int8", representative_data=data["x_train"][:300],
-                  sparse=True, kernels="builtin")
-        dense_timing = te.benchmark(dense_path, num_threads=1, kernels="builtin")
-        dense_bytes = os.path.getsize(dense_path)
-        dense_float = te.export(dense, os.path.join(tmp, "dense_float.tflite"), sparse=False)
+        dense_int8 = export_measured(
+            dense,
+            os.path.join(tmp, "dense.tflite"),
+            quantize="int8",
+            representative_data=data["x_train"],
+            kernels="builtin",
+        )
+        dense_float = export_measured(
+            dense, os.path.join(tmp, "dense_float.tflite"), sparse=False, benchmark=False
+        )
     best = result["best"]
     tfl = best["tflite"]
     dense_row = {
         "accuracy": result["dense_accuracy"],
         "params": dense_summary.params,
         "nonzeros": dense_summary.nonzeros,
-        "tflite_bytes": dense_bytes,
-        "gzip_bytes": dense_timing.gzip_bytes,
-        "latency_ms": dense_timing.p50_ms,
+        "tflite_bytes": dense_int8["bytes"],
+        "gzip_bytes": dense_int8["gzip_bytes"],
+        "latency_ms": dense_int8["p50_ms"],
     }
     best_row = {
         "accuracy": best["val_accuracy"],
@@ -220,10 +253,10 @@ def run(args, out):
     )
     out.result(comparison_table(dense_row, best_row))
     out.result(
-        f"against the dense float32 file ({dense_float.bytes:,} bytes, "
-        f"{dense_float.gzip_bytes:,} gzipped) the best file is "
-        f"{dense_float.bytes / tfl['bytes']:.1f}x smaller "
-        f"({dense_float.gzip_bytes / tfl['gzip_bytes']:.1f}x gzipped)"
+        f"against the dense float32 file ({dense_float['bytes']:,} bytes, "
+        f"{dense_float['gzip_bytes']:,} gzipped) the best file is "
+        f"{dense_float['bytes'] / tfl['bytes']:.1f}x smaller "
+        f"({dense_float['gzip_bytes'] / tfl['gzip_bytes']:.1f}x gzipped)"
     )
     out.result(f"LiteRT file against Keras: top-1 agreement {tfl['top1_agreement']:.4f}")
     out.result(f"wrote {', '.join(result['files'].values())} in {elapsed:.1f} s")
@@ -234,11 +267,11 @@ def run(args, out):
             "elapsed_s": elapsed,
             "dense": dense_row,
             "dense_float": {
-                "tflite_bytes": dense_float.bytes,
-                "gzip_bytes": dense_float.gzip_bytes,
+                "tflite_bytes": dense_float["bytes"],
+                "gzip_bytes": dense_float["gzip_bytes"],
             },
             "best_table": best_row,
-            **cli.json_result(result),
+            **json_result(result),
         }
     )
-    return cli.EXIT_OK
+    return 0

@@ -7,14 +7,16 @@ Everything here works on plain rows (dicts), so a report can be rebuilt from
 import csv
 import io
 import math
-import os
-import tempfile
+import numbers
 
-#: Columns of `trials.csv`, in order.
+# The one atomic write; imported here too for the modules that write reports.
+from keras_condensa.workflows.files import write_atomically
+
+#: Columns of `trials.csv`, in order; each hyperparameter gets an `hp:NAME` column
+#: after `status` (a density, per-layer densities, bit-widths: whatever the scheme has).
 TRIAL_COLUMNS = (
     "trial",
     "status",
-    "density_hp",
     "val_accuracy",
     "nonzero_params",
     "params",
@@ -26,33 +28,25 @@ TRIAL_COLUMNS = (
     "feasible",
     "best",
 )
+HP_PREFIX = "hp:"
+
+__all__ = ["TRIAL_COLUMNS", "pareto_png", "report_markdown", "trials_csv", "write_atomically"]
 
 
-def write_atomically(path, data):
-    """Writes `data` (str or bytes) to `path` through a temporary file and `os.replace`.
+def hyperparameter_names(rows):
+    """The hyperparameters' names over all `rows`, in order of first appearance."""
+    names = {}
+    for row in rows:
+        names.update(dict.fromkeys(row.get("hyperparameters") or {}))
+    return list(names)
 
-    Args:
-        path: the destination.
-        data: the content; `str` is written as UTF-8.
 
-    Raises:
-        OSError: the directory is not writable; `path` is then left as it was.
-    """
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+def _flat(row):
+    """A row with its hyperparameters as `hp:NAME` keys."""
+    flat = {k: v for k, v in row.items() if k != "hyperparameters"}
+    for name, value in (row.get("hyperparameters") or {}).items():
+        flat[HP_PREFIX + name] = value
+    return flat
 
 
 def _fmt(value, digits=4):
@@ -70,20 +64,39 @@ def _fmt(value, digits=4):
 
 
 def trials_csv(rows):
-    """The trials as CSV text with the `TRIAL_COLUMNS` header.
+    """The trials as CSV text: `trial`, `status`, one `hp:NAME` column per hyperparameter,
+    then the other `TRIAL_COLUMNS`.
 
     Args:
-        rows: dicts keyed by (some of) `TRIAL_COLUMNS`.
+        rows: dicts keyed by (some of) `TRIAL_COLUMNS`, with the trial's
+            hyperparameters as a dict under `hyperparameters`.
 
     Returns:
         The CSV text.
     """
+    columns = [
+        *TRIAL_COLUMNS[:2],
+        *(HP_PREFIX + n for n in hyperparameter_names(rows)),
+        *TRIAL_COLUMNS[2:],
+    ]
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=TRIAL_COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in TRIAL_COLUMNS})
+    for row in map(_flat, rows):
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     return out.getvalue()
+
+
+def plot_axis(rows, cost):
+    """The x axis of the plot: `cost` if the trials report it, else the first numeric
+    hyperparameter, else the measured `density`."""
+    if any(r.get(cost) is not None for r in rows):
+        return cost
+    for name in hyperparameter_names(rows):
+        values = [(r.get("hyperparameters") or {}).get(name) for r in rows]
+        if any(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
+            return HP_PREFIX + name
+    return "density"
 
 
 def pareto_png(rows, cost, floor, path, title=None):
@@ -95,7 +108,9 @@ def pareto_png(rows, cost, floor, path, title=None):
     Args:
         rows: trial dicts with `val_accuracy`, `cost`'s column, `feasible`
             and `best`.
-        cost: the column on the x axis (e.g. `"tflite_bytes"`).
+        cost: the column on the x axis (e.g. `"tflite_bytes"`); if no trial
+            reports it, the first numeric hyperparameter or the measured
+            density (see `plot_axis`).
         floor: the accuracy floor.
         path: the `.png` to write (atomically).
         title: optional title.
@@ -105,6 +120,8 @@ def pareto_png(rows, cost, floor, path, title=None):
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
+    cost = plot_axis(rows, cost)
+    rows = [_flat(r) for r in rows]
     done = [r for r in rows if r.get("val_accuracy") is not None and r.get(cost) is not None]
     fig = Figure(figsize=(6.4, 4.4), dpi=110)
     ax = fig.add_subplot()
@@ -127,8 +144,13 @@ def pareto_png(rows, cost, floor, path, title=None):
             label="below the floor",
         )
     for r in done:
-        ax.annotate(str(r["trial"]), (r[cost], r["val_accuracy"]), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
+        ax.annotate(
+            str(r["trial"]),
+            (r[cost], r["val_accuracy"]),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     best = [r for r in done if r.get("best")]
     if best:
         ax.scatter(
@@ -165,8 +187,13 @@ def _table(header, rows):
 def _kind(info):
     prune = info.get("prune", "unstructured")
     if prune == "unstructured":
-        return "prune "
-    return f"{prune} prune (channels removed with `kc.shrink`) "
+        return "prune"
+    return f"{prune} prune (channels removed with `kc.shrink`)"
+
+
+def _hyperparameters(row):
+    values = row.get("hyperparameters") or {}
+    return ", ".join(f"{name} {_fmt(value)}" for name, value in values.items()) or "-"
 
 
 def report_markdown(info, rows, layers, png_name="pareto.png"):
@@ -179,7 +206,8 @@ def report_markdown(info, rows, layers, png_name="pareto.png"):
             None), `backend`, `elapsed_s`, and optionally `prune` (the
             search's structure kind; "unstructured" when absent) and
             `stop_reason` with `max_trials` (why the search ended early).
-        rows: trial dicts (see `TRIAL_COLUMNS`).
+        rows: trial dicts (see `TRIAL_COLUMNS`), each with its
+            `hyperparameters` dict (any names and values).
         layers: per-layer rows of the best model: dicts with `name`,
             `class_name`, `params`, `nonzeros`, `density`, and for a shrunk
             model `dense_params` (the layer's parameters before shrinking).
@@ -214,7 +242,7 @@ def report_markdown(info, rows, layers, png_name="pareto.png"):
         out += [
             "## Chosen model",
             "",
-            f"Trial {best['trial']}: {_kind(info)}density {_fmt(best.get('density_hp'))}, "
+            f"Trial {best['trial']}: {_kind(info)}, {_hyperparameters(best)}; "
             f"val_accuracy {_fmt(best.get('val_accuracy'))} ({feasible}), "
             f"{objective} {_fmt(best.get(objective))}.",
             "",
@@ -234,8 +262,13 @@ def report_markdown(info, rows, layers, png_name="pareto.png"):
         out += ["## Per-layer size of the chosen model against the dense one", ""]
         header = ("layer", "class", "dense params", "params", "kept")
         cells = [
-            (r["name"], r["class_name"], f"{r['dense_params']:,}", f"{r['params']:,}",
-             f"{r['params'] / max(r['dense_params'], 1):.4f}")
+            (
+                r["name"],
+                r["class_name"],
+                f"{r['dense_params']:,}",
+                f"{r['params']:,}",
+                f"{r['params'] / max(r['dense_params'], 1):.4f}",
+            )
             for r in layers
         ]
         out += [_table(header, cells), ""]
@@ -243,15 +276,30 @@ def report_markdown(info, rows, layers, png_name="pareto.png"):
         out += ["## Per-layer density of the chosen model", ""]
         header = ("layer", "class", "params", "nonzeros", "density")
         cells = [
-            (r["name"], r["class_name"], f"{r['params']:,}", f"{r['nonzeros']:,}",
-             f"{r['density']:.4f}")
+            (
+                r["name"],
+                r["class_name"],
+                f"{r['params']:,}",
+                f"{r['nonzeros']:,}",
+                f"{r['density']:.4f}",
+            )
             for r in layers
         ]
         out += [_table(header, cells), ""]
     out += ["## Trials", ""]
-    columns = ("trial", "status", "density_hp", "val_accuracy", "nonzero_params", objective,
-               "feasible", "best")
+    hps = [HP_PREFIX + name for name in hyperparameter_names(rows)]
+    columns = (
+        "trial",
+        "status",
+        *hps,
+        "val_accuracy",
+        "nonzero_params",
+        objective,
+        "feasible",
+        "best",
+    )
     columns = tuple(dict.fromkeys(columns))
-    out.append(_table(columns, [[_fmt(r.get(c)) for c in columns] for r in rows]))
+    flat = [_flat(r) for r in rows]
+    out.append(_table(columns, [[_fmt(r.get(c)) for c in columns] for r in flat]))
     out.append("")
     return "\n".join(out)

@@ -1,19 +1,20 @@
 """The `--scheme` grammar of the command line: text to a `kc` operator.
 
 A scheme is one or more terms joined by `+`; each term is a word followed by
-its arguments, separated by `:`:
+its arguments, separated by `:`, e.g. `prune:0.1+int8` or `filter:0.5+nm:2:4`.
 
-| term | operator |
-|---|---|
-| `prune:D` | `kc.Prune(D)`: unstructured magnitude pruning to density D |
-| `neuron:D` | `kc.NeuronPrune(D)`: whole output units |
-| `filter:D` | `kc.FilterPrune(D)`: whole convolution filters |
-| `structure:D` | `kc.StructurePrune(D)`: whole input channels |
-| `block:D:RxC` | `kc.BlockPrune(D, block_size=(R, C))` |
-| `nm:N:M` | `kc.NMPrune(N, M)`: N nonzeros in every M weights |
-| `float16`, `int8`, `int4` | `kc.Quantize(dtype)` |
+The words are not listed here: every operator class declares its own,
 
-Example: `prune:0.1+int8`, `filter:0.5+nm:2:4`.
+```python
+class Prune(PruningOperator):
+    scheme_word = "prune"          # or a tuple of words, each passed as the first argument
+    scheme_args = ("D",)           # argument kinds, in order (see ARGUMENTS)
+    scheme_help = "unstructured magnitude pruning: keep fraction D of the weights"
+```
+
+and the grammar, `--help` and `markdown_table()` (the docs) are built from
+those declarations. A user's `kc.Operator` subclass that declares them joins
+the grammar once its module is imported.
 """
 
 from keras_condensa.operators import (
@@ -22,105 +23,154 @@ from keras_condensa.operators import (
     FilterPrune,
     NeuronPrune,
     NMPrune,
+    Operator,
     Prune,
     Quantize,
     StructurePrune,
 )
 
-_DENSITY_OPERATORS = {
-    "prune": Prune,
-    "neuron": NeuronPrune,
-    "filter": FilterPrune,
-    "structure": StructurePrune,
-}
-_QUANTIZE_WORDS = ("float16", "int8", "int4")
-
-#: The grammar's terms, as shown by `--help` and in errors.
-TERMS = (
-    "prune:D",
-    "neuron:D",
-    "filter:D",
-    "structure:D",
-    "block:D:RxC",
-    "nm:N:M",
-    "float16",
-    "int8",
-    "int4",
-)
-
-HELP = (
-    "compression scheme: terms joined by '+', each one of "
-    + ", ".join(TERMS)
-    + " (D: density in (0, 1], the fraction of weights kept; RxC: block rows x columns; "
-    "N:M: N nonzeros in every M weights). Examples: 'prune:0.1+int8', 'filter:0.5+nm:2:4'."
-)
+# The built-in operators, in the order the help lists them.
+_BUILT_IN = (Prune, NeuronPrune, FilterPrune, StructurePrune, BlockPrune, NMPrune, Quantize)
 
 
 class SchemeSyntaxError(ValueError):
     """A `--scheme` string that does not follow the grammar."""
 
 
-def _number(text, term, what, kind=float):
-    try:
-        return kind(text)
-    except ValueError:
-        raise SchemeSyntaxError(
-            f"scheme term {term!r}: {what} must be a{'n integer' if kind is int else ' number'}. "
-            f"Received: {text!r}."
-        ) from None
+def _number(kind, what):
+    def parse(text, term):
+        try:
+            return kind(text)
+        except ValueError:
+            article = "an integer" if kind is int else "a number"
+            raise SchemeSyntaxError(
+                f"scheme term {term!r}: {what} must be {article}. Received: {text!r}."
+            ) from None
+
+    return parse
 
 
-def _arity(term, parts, n):
-    if len(parts) != n + 1:
+def _block(text, term):
+    size = text.lower().split("x")
+    if len(size) != 2:
         raise SchemeSyntaxError(
-            f"scheme term {term!r} takes {n} argument{'s' if n != 1 else ''} "
-            f"({next(t for t in TERMS if t.split(':')[0] == parts[0])}). "
-            f"Received: {len(parts) - 1}."
+            f"scheme term {term!r}: the block size must be RxC, e.g. 4x4. Received: {text!r}."
         )
+    return tuple(_number(int, "the block size")(s, term) for s in size)
+
+
+#: Argument kinds an operator may declare in `scheme_args`: (parser, meaning).
+ARGUMENTS = {
+    "D": (_number(float, "the density"), "density in (0, 1], the fraction of weights kept"),
+    "N": (_number(int, "N"), "nonzeros kept in every group of M weights"),
+    "M": (_number(int, "M"), "the group size"),
+    "RxC": (_block, "block rows x columns"),
+}
+
+
+def _subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+def operators():
+    """The operator classes that declare a scheme word: built-ins first, then others by word.
+
+    Returns:
+        A list of classes.
+    """
+    others = {
+        cls for cls in _subclasses(Operator) if "scheme_word" in vars(cls) and cls not in _BUILT_IN
+    }
+    return list(_BUILT_IN) + sorted(others, key=lambda c: str(c.scheme_word))
+
+
+def _words(cls):
+    word = cls.scheme_word
+    return (word,) if isinstance(word, str) else tuple(word)
+
+
+def terms():
+    """Every term as the help shows it (`prune:D`, `block:D:RxC`, `int8`, ...), in order."""
+    out = []
+    for cls in operators():
+        for word in _words(cls):
+            out.append(":".join((word, *cls.scheme_args)))
+    return out
+
+
+def _term_label(cls):
+    """`prune:D`, or `float16, int8, int4` for an operator with several words."""
+    words = _words(cls)
+    if len(words) > 1:
+        return ", ".join(words)
+    return ":".join((words[0], *cls.scheme_args))
+
+
+def table_lines():
+    """The grammar as aligned lines for `--help`: one per operator, then the joining rule."""
+    rows = [(_term_label(cls), cls.scheme_help) for cls in operators()]
+    width = max(len(label) for label, _ in rows) + 3
+    return [label.ljust(width) + text for label, text in rows] + [
+        "terms join with '+': prune:0.1+int8, filter:0.5+nm:2:4"
+    ]
+
+
+def markdown_table():
+    """The grammar as a Markdown table (term, operator, meaning), for the docs."""
+    lines = ["| term | operator | meaning |", "|---|---|---|"]
+    for cls in operators():
+        lines.append(f"| `{_term_label(cls)}` | `kc.{cls.__name__}` | {cls.scheme_help} |")
+    return "\n".join(lines)
+
+
+def help_text():
+    """The one-paragraph help of `--scheme`."""
+    kinds = "; ".join(f"{name}: {meaning}" for name, (_, meaning) in ARGUMENTS.items())
+    return (
+        f"compression scheme: terms joined by '+', each one of {', '.join(terms())} ({kinds}). "
+        "Examples: 'prune:0.1+int8', 'filter:0.5+nm:2:4'."
+    )
+
+
+def _lookup(word):
+    for cls in operators():
+        if word in _words(cls):
+            return cls
+    return None
 
 
 def _parse_term(term):
-    parts = term.split(":")
-    word = parts[0].strip().lower()
-    parts = [word] + [p.strip() for p in parts[1:]]
+    parts = [p.strip() for p in term.split(":")]
+    word = parts[0].lower()
+    cls = _lookup(word)
+    if cls is None:
+        raise SchemeSyntaxError(
+            f"unknown scheme word {parts[0]!r} in {term!r}; valid terms: {', '.join(terms())}."
+        )
+    expected = cls.scheme_args
+    if len(parts) - 1 != len(expected):
+        raise SchemeSyntaxError(
+            f"scheme term {term!r} takes {len(expected)} argument"
+            f"{'s' if len(expected) != 1 else ''} ({':'.join((word, *expected))}). "
+            f"Received: {len(parts) - 1}."
+        )
+    pairs = zip(expected, parts[1:], strict=True)
+    values = [ARGUMENTS[kind][0](text, term) for kind, text in pairs]
+    if not isinstance(cls.scheme_word, str):
+        values.insert(0, word)
     try:
-        if word in _DENSITY_OPERATORS:
-            _arity(term, parts, 1)
-            return _DENSITY_OPERATORS[word](_number(parts[1], term, "the density"))
-        if word == "block":
-            _arity(term, parts, 2)
-            density = _number(parts[1], term, "the density")
-            size = parts[2].lower().split("x")
-            if len(size) != 2:
-                raise SchemeSyntaxError(
-                    f"scheme term {term!r}: the block size must be RxC, e.g. 4x4. "
-                    f"Received: {parts[2]!r}."
-                )
-            rows, cols = (_number(s, term, "the block size", int) for s in size)
-            return BlockPrune(density, block_size=(rows, cols))
-        if word == "nm":
-            _arity(term, parts, 2)
-            n = _number(parts[1], term, "N", int)
-            m = _number(parts[2], term, "M", int)
-            return NMPrune(n, m)
-        if word in _QUANTIZE_WORDS:
-            _arity(term, parts, 0)
-            return Quantize(word)
-    except SchemeSyntaxError:
-        raise
+        return cls(*values)
     except (ValueError, TypeError) as e:
         raise SchemeSyntaxError(f"scheme term {term!r}: {e}") from None
-    raise SchemeSyntaxError(
-        f"unknown scheme word {parts[0]!r} in {term!r}; valid terms: {', '.join(TERMS)}."
-    )
 
 
 def parse_scheme(text):
     """Parses a `--scheme` string into an operator.
 
     Args:
-        text: terms joined by `+`, e.g. `"prune:0.1+int8"` (see the module
-            docstring for the terms).
+        text: terms joined by `+`, e.g. `"prune:0.1+int8"` (see `terms()`).
 
     Returns:
         A single `kc` operator for one term, else a `kc.Compose` of them in
@@ -137,9 +187,9 @@ def parse_scheme(text):
     ```
     """
     if not isinstance(text, str) or not text.strip():
-        raise SchemeSyntaxError(f"the scheme is empty; valid terms: {', '.join(TERMS)}.")
-    terms = [t.strip() for t in text.split("+")]
-    if any(not t for t in terms):
+        raise SchemeSyntaxError(f"the scheme is empty; valid terms: {', '.join(terms())}.")
+    pieces = [t.strip() for t in text.split("+")]
+    if any(not t for t in pieces):
         raise SchemeSyntaxError(f"empty term in scheme {text!r}; join terms with a single '+'.")
-    operators = [_parse_term(t) for t in terms]
-    return operators[0] if len(operators) == 1 else Compose(operators)
+    operators_ = [_parse_term(t) for t in pieces]
+    return operators_[0] if len(operators_) == 1 else Compose(operators_)

@@ -14,6 +14,20 @@ import keras_condensa as kc
 from keras_condensa import cli
 from keras_condensa.report import report_markdown
 from keras_condensa.scheme_grammar import SchemeSyntaxError, parse_scheme
+from keras_condensa.search import run as search_run
+
+# A listener on the searches the command line runs: `(event, tuner, trial)` with
+# event "trial_begin" or "trial_end" (a test raises KeyboardInterrupt from it).
+_RUN_SEARCH = search_run.run_search
+
+
+def _listen(monkeypatch, listener):
+    """Adds `listener` to the listeners of every `run_search` the command line calls."""
+
+    def run_search(*args, listeners=(), **kwargs):
+        return _RUN_SEARCH(*args, listeners=[*listeners, listener], **kwargs)
+
+    monkeypatch.setattr(search_run, "run_search", run_search)
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +198,7 @@ def test_search_resumes_after_a_real_interrupt(files, tmp_path, monkeypatch, cap
         elif event == "trial_begin" and finished:
             raise KeyboardInterrupt  # As Ctrl-C would, while trial 2 starts.
 
-    monkeypatch.setattr(cli, "_TEST_HOOK", interrupt_second_trial)
+    _listen(monkeypatch, interrupt_second_trial)
     assert cli.main(args) == 130
     err = capsys.readouterr().err
     assert "run `keras-condensa search" in err and "again to resume" in err
@@ -197,7 +211,7 @@ def test_search_resumes_after_a_real_interrupt(files, tmp_path, monkeypatch, cap
         if event == "trial_end":
             resumed.append(trial.trial_id)
 
-    monkeypatch.setattr(cli, "_TEST_HOOK", count_trials)
+    _listen(monkeypatch, count_trials)
     assert cli.main(args + ["--json"]) == 0
     captured = capsys.readouterr()
     assert "1 finished trial(s) kept" in captured.err

@@ -15,6 +15,21 @@ import pytest
 
 import keras_condensa as kc
 from keras_condensa import cli, masking
+from keras_condensa.search import run as search_run
+
+# A listener on the searches the command line runs: `(event, tuner, trial)` with
+# event "trial_begin" or "trial_end" (a test raises KeyboardInterrupt from it).
+_RUN_SEARCH = search_run.run_search
+
+
+def _listen(monkeypatch, listener):
+    """Adds `listener` to the listeners of every `run_search` the command line calls."""
+
+    def run_search(*args, listeners=(), **kwargs):
+        return _RUN_SEARCH(*args, listeners=[*listeners, listener], **kwargs)
+
+    monkeypatch.setattr(search_run, "run_search", run_search)
+
 
 # ----------------------------------------------------------------------
 # Material: small digits models saved as .keras, their data as .npz.
@@ -231,7 +246,7 @@ def test_search_refuses_a_directory_holding_another_models_search(
     files, tmp_path, monkeypatch, capsys
 ):
     out = tmp_path / "run"
-    monkeypatch.setattr(cli, "_TEST_HOOK", _interrupt_first_trial)
+    _listen(monkeypatch, _interrupt_first_trial)
     assert cli.main(_search_args(files, files["model"], out)) == 130
     capsys.readouterr()
     assert cli.main(_search_args(files, files["other"], out)) == 2
@@ -274,12 +289,12 @@ def test_search_resumes_when_a_crash_emptied_its_oracle_state(files, tmp_path, m
         elif event == "trial_begin" and finished:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_TEST_HOOK", interrupt_second_trial)
+    _listen(monkeypatch, interrupt_second_trial)
     assert cli.main(_search_args(files, files["model"], out)) == 130
     oracle_json = out / "search" / "oracle.json"
     oracle_json.write_text("")  # what a kill during a non-atomic write leaves
     resumed = []
-    monkeypatch.setattr(cli, "_TEST_HOOK", lambda event, tuner, trial: resumed.append(event))
+    _listen(monkeypatch, lambda event, tuner, trial: resumed.append(event))
     assert cli.main(_search_args(files, files["model"], out, "--json")) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["trials"] == 2 and resumed == ["trial_begin", "trial_end"]  # one trial kept

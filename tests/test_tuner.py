@@ -306,3 +306,43 @@ def test_shrink_needs_a_graph_model_and_a_bool(dense, tmp_path):
         )
     with pytest.raises(TypeError, match="shrink"):
         _tuner(dense, tmp_path, shrink="yes")
+
+
+def test_any_keras_tuner_oracle_drives_the_search(dense, tmp_path):
+    model, _, (x_val, y_val) = dense
+    hp = keras_tuner.HyperParameters()
+    hp.Float("density", 0.2, 1.0)
+    oracle = keras_tuner.oracles.RandomSearchOracle(
+        objective=keras_tuner.Objective("nonzero_params", "min"),
+        max_trials=2,
+        hyperparameters=hp,
+        seed=0,
+    )
+    tuner = _tuner(dense, tmp_path, oracle=oracle, objective=None, max_accuracy_drop=0.5)
+    assert tuner.oracle is oracle
+    tuner.search()
+
+    assert _statuses(tuner) == ["COMPLETED"] * 2
+    densities = [t.hyperparameters.get("density") for t in tuner.oracle.trials.values()]
+    assert all(0.2 <= d <= 1.0 for d in densities)
+    best = tuner.best_trial()
+    assert tuner.is_feasible(best)  # the floor is the tuner's, whatever the oracle
+    cheapest = min(
+        t.metrics.get_last_value("nonzero_params") for t in tuner.oracle.trials.values()
+    )
+    assert best.metrics.get_last_value("nonzero_params") == cheapest
+    final = tuner.best_model()
+    predicted = np.argmax(final.predict(x_val, verbose=0), axis=-1)
+    assert np.mean(predicted == y_val) == pytest.approx(best.metrics.get_last_value("val_accuracy"))
+    assert [t.trial_id for t in tuner.pareto()][0] == best.trial_id
+    assert "density=" in tuner.results_summary(print_fn=None)
+
+
+def test_oracle_must_be_a_keras_tuner_oracle_with_the_same_objective(dense, tmp_path):
+    with pytest.raises(TypeError, match="keras_tuner.Oracle"):
+        _tuner(dense, tmp_path, oracle="random")
+    oracle = keras_tuner.oracles.RandomSearchOracle(
+        objective=keras_tuner.Objective("params", "min"), max_trials=1
+    )
+    with pytest.raises(ValueError, match="differs from the oracle's"):
+        _tuner(dense, tmp_path, oracle=oracle, objective="nonzero_params")

@@ -1,12 +1,13 @@
 """Compression operators (after Condensa) on operator protocol v2 (`base.Operator`)."""
 
-from keras_condensa.operators.base import Item, Operator, UpdateContext
+from keras_condensa.operators.base import Operator
 from keras_condensa.operators.compose import Compose
 from keras_condensa.operators.mask import MaskOperator, PruningOperator
 from keras_condensa.operators.patterns import BlockPrune, NMPrune
 from keras_condensa.operators.prune import Prune
 from keras_condensa.operators.quantize import Quantize
 from keras_condensa.operators.structured import FilterPrune, NeuronPrune, StructurePrune
+from keras_condensa.updates import Item, UpdateContext
 
 __all__ = [
     "BlockPrune",

@@ -7,7 +7,6 @@ forward pass uses. A scheme is an operator or a `Compose` of operators;
 (see `keras_condensa.surgery` and `keras_condensa.wrappers`).
 """
 
-import dataclasses
 import importlib
 import numbers
 
@@ -176,21 +175,16 @@ class Operator:
         """
         return []
 
-    def update(self, items, context):
-        """Updates host-side state between training steps (optional).
-
-        Args:
-            items: the weights the operator covers in the model, a list of
-                `kc.operators.Item` (wrapper, spec, paths, values, states):
-                `values[path]` is the weight as the operators before this
-                one leave it (a NumPy array); `states[path]` is the state
-                `build` made.
-            context: a `kc.operators.UpdateContext`: `step` (the schedule's
-                step, `None` at `apply` time), `schedule` (the operator's
-                schedule resolved for this fit, or `None`), `graph` (the
-                model's channel dependency graph, built when first read) and
-                `model`.
-        """
+    # Optional: `def update(self, items, context)`, host-side work between training
+    # steps (masks). `items` are the weights the operator covers in the model, a
+    # list of `kc.operators.Item` (wrapper, spec, paths, values, states):
+    # `values[path]` is the weight as the operators before this one leave it (a
+    # NumPy array), `states[path]` the state `build` made. `context` is a
+    # `kc.operators.UpdateContext`: `step` (the schedule's step, `None` at `apply`
+    # time), `schedule` (the operator's schedule resolved for this fit, or `None`),
+    # `graph` (the model's channel dependency graph, built when first read) and
+    # `model`. `None`: the operator keeps no host-side state.
+    update = None
 
     def finalize(self, state, value):
         """What `kc.strip` bakes into the weight (default: `transform` at inference)."""
@@ -270,46 +264,3 @@ def _decode(value):
         if "class_name" in value and "config" in value:
             return keras.saving.deserialize_keras_object(value)
     return value
-
-
-@dataclasses.dataclass
-class Item:
-    """The weights an operator covers in one layer, as `Operator.update` sees them.
-
-    Attributes:
-        wrapper: the `kc.CompressionWrapper` holding the layer.
-        spec: the layer's `kc.PruneSpec` (paths relative to the wrapper's
-            layer), or `None` for a layer that follows others (a
-            BatchNormalization under structured pruning).
-        paths: the weights' attribute paths.
-        values: `{path: NumPy array}`, the weights as the operators before
-            this one leave them.
-        states: `{path: state}`, what `Operator.build` returned.
-    """
-
-    wrapper: object
-    spec: object
-    paths: tuple
-    values: dict
-    states: dict
-
-
-class UpdateContext:
-    """What `Operator.update` knows about the moment it runs.
-
-    Attributes:
-        step: the schedule's step (`None` at `apply` time).
-        schedule: the operator's schedule resolved for this fit, or `None`.
-        model: the wrapped model.
-    """
-
-    def __init__(self, model, step=None, schedule=None, graph_fn=None):
-        self.model = model
-        self.step = step
-        self.schedule = schedule
-        self._graph_fn = graph_fn
-
-    @property
-    def graph(self):
-        """The model's channel dependency graph (`None` for a subclassed model)."""
-        return self._graph_fn() if self._graph_fn is not None else None

@@ -228,7 +228,7 @@ class NeuronPrune(_ChannelPrune):
 
     scheme_word = "neuron"
     scheme_args = ("D",)
-    scheme_help = "keep fraction D of the neurons (output units of Dense layers)"
+    scheme_help = "keep fraction D of the neurons (output units of Dense, EinsumDense)"
     kinds = ("neuron",)
 
 

@@ -3,7 +3,10 @@
 `ConstrainedBayesianOracle` is a `keras_tuner.Oracle` that minimises a cost
 (bytes, latency, nonzero parameters) subject to a `Constraint` on another
 metric (an accuracy floor), driven the standard Keras Tuner way;
-`CompressionTuner` runs the compression trials against it.
+`CompressionTuner` runs the compression trials against it (or against any
+`keras_tuner.Oracle` given as `oracle=`). `keras_condensa.search.run` is the
+search workflow the command line and the demo share (results directory,
+best model, LiteRT file, report).
 """
 
 from keras_condensa.search.constraint import Constraint
