@@ -5,8 +5,9 @@ import warnings
 import keras
 
 from keras_condensa import masking
-from keras_condensa.operators.base import Operator, UpdateContext
+from keras_condensa.operators.base import Operator
 from keras_condensa.operators.compose import Compose
+from keras_condensa.updates import UpdateContext
 
 
 def scheme_of(model):

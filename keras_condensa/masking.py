@@ -9,7 +9,7 @@ from keras import ops
 from keras_condensa import dependency
 from keras_condensa.graph_walk import is_graph_model
 from keras_condensa.graph_walk import leaf_layers as iter_leaf_layers
-from keras_condensa.operators.base import Item, Operator, UpdateContext
+from keras_condensa.updates import Item, UpdateContext
 from keras_condensa.wrappers import CompressionWrapper
 
 
@@ -132,10 +132,10 @@ def update(model, contexts):
             )
         return graph[0]
 
-    raw, touched = {}, set()
+    raw, touched = {}, {}
     for index in sorted(contexts):
         op = operators[index]
-        if type(op).update is Operator.update:
+        if getattr(op, "update", None) is None:
             continue  # no host-side state
         items = _items(index, wrappers, raw)
         if not items:
@@ -145,29 +145,30 @@ def update(model, contexts):
         op.update(items, context)
         for item in items:
             for path in item.paths:
-                touched.add((id(item.wrapper), path))
+                touched[(id(item.wrapper), path)] = (item.wrapper, path)
                 raw.pop((id(item.wrapper), path), None)  # an update may assign the weight too
-    _enforce(model, wrappers, touched)
+    _enforce(model, touched)
 
 
-def _enforce(model, wrappers, touched):
-    """Zeroes the stored weights (and their optimizer momentum) where their masks are 0."""
+def _enforce(model, touched):
+    """Zeroes the stored weights (and their optimizer momentum) where their masks are 0.
+
+    In NumPy: a handful of assigns per weight, whatever the backend.
+    """
     optimizer = getattr(model, "optimizer", None)
     slots = _optimizer_slots(optimizer) if optimizer is not None and optimizer.built else {}
-    for wrapper in wrappers:
-        masks = None
-        for path in wrapper.chains:
-            if (id(wrapper), path) not in touched:
-                continue
-            masks = wrapper.masks if masks is None else masks
-            mask = masks.get(path)
-            if mask is None:
-                continue
-            variable = wrapper.weight(path)
-            variable.assign(wrapper.masked_value(path))
-            for slot in slots.get(_slot_prefix(variable), ()):
-                if tuple(slot.shape) == tuple(mask.shape):
-                    slot.assign(ops.multiply(slot, ops.cast(mask, slot.dtype)))
+    for wrapper, path in touched.values():
+        masks = [_numpy(state["mask"]) for _, state in wrapper.chain(path) if "mask" in (state or {})]
+        if not masks:
+            continue
+        kept = masks[0] != 0
+        for mask in masks[1:]:
+            kept &= mask != 0
+        variable = wrapper.weight(path)
+        variable.assign(np.where(kept, _numpy(variable), 0).astype(variable.dtype))
+        for slot in slots.get(_slot_prefix(variable), ()):
+            if tuple(slot.shape) == kept.shape:
+                slot.assign(np.where(kept, _numpy(slot), 0).astype(slot.dtype))
 
 
 def _slot_prefix(variable):

@@ -7,6 +7,7 @@ from conftest import compile_classifier, lenet_300_100, weights_of
 
 import keras_condensa as kc
 from keras_condensa import masking
+from keras_condensa.lc import LCPenalty
 
 EPOCHS = 10  # the fine-tuning budget of benchmarks/accuracy.py
 
@@ -136,6 +137,20 @@ def test_lc_projects_onto_prune_and_int8(trained_lenet, digits):
         scale = np.abs(kernel).max() / 127
         np.testing.assert_allclose(kernel / scale, np.round(kernel / scale), atol=1e-3)
     assert _accuracy(result, x_val, y_val) > 0.8
+
+
+def test_lc_penalty_and_distillation_compose_through_one_loss_mechanism(trained_lenet, digits):
+    model, _ = trained_lenet
+    x_train, y_train, x_val, y_val = digits
+    lc = kc.LC(kc.Prune(density=0.1), steps=4, mu_init=0.1)
+    # The penalty is an operator's loss: a layer loss of the model being trained.
+    trained = LCPenalty(lc.scheme).apply(model)
+    trained(x_val[:4])
+    assert len(trained.losses) == 3  # one term per penalized kernel
+    result = lc.fit(model, x_train, y_train, epochs=2, seed=0, teacher=model, alpha=0.5)
+    assert _kernel_density(result) == pytest.approx(0.1, abs=0.005)
+    assert _accuracy(result, x_val, y_val) > 0.8
+    assert len(lc.history.history["loss"]) == 4 and all(np.isfinite(lc.history.history["loss"]))
 
 
 @pytest.mark.parametrize(
