@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-tensorflow test-jax lint bench clean
+.PHONY: demo test check test-tensorflow test-jax lint bench clean
 
 # constraints.txt pins the versions seen working together (regenerate with pip freeze).
 $(STAMP): pyproject.toml constraints.txt
@@ -17,7 +17,11 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=3 $(VENV)/bin/keras-condensa demo
 
-test: test-tensorflow test-jax
+test: check test-tensorflow test-jax
+
+# Lint (the rules in pyproject.toml) runs first: it takes seconds.
+check: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 test-tensorflow: $(STAMP)
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -q tests
@@ -25,9 +29,8 @@ test-tensorflow: $(STAMP)
 test-jax: $(STAMP)
 	KERAS_BACKEND=jax $(PY) -m pytest -q tests
 
-lint: $(STAMP)
-	$(PY) -m pip install --quiet ruff
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+lint: check
+	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py

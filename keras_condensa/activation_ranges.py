@@ -21,7 +21,7 @@ file computes only if its fake-quant ops sit on the same tensors:
 
 import keras
 
-from keras_condensa import graph_walk, quantizers
+from keras_condensa import graph_walk
 from keras_condensa.quantizers import FIXED_RANGES, output_activation
 
 # Layers whose output has the scale of their input in a LiteRT file.

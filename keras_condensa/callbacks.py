@@ -11,7 +11,9 @@ from keras_condensa.updates import UpdateContext
 
 
 def scheme_of(model):
-    """The scheme a wrapped model runs, rebuilt from its wrappers (also after loading a `.keras` file).
+    """The scheme a wrapped model runs, rebuilt from its wrappers.
+
+    Also works after loading a `.keras` file.
 
     Args:
         model: a model returned by `scheme.apply` (or loaded from its `.keras` file).
@@ -109,7 +111,8 @@ class UpdateMasks(keras.callbacks.Callback):
         self._warned.add(index)
         schedule = self._resolved[index]
         warnings.warn(
-            f"{type(self._scheduled[index]).__name__} will reach sparsity {reached:.3f}, not its target "
+            f"{type(self._scheduled[index]).__name__} will reach sparsity {reached:.3f}, "
+            "not its target "
             f"{schedule.final_sparsity:.3f}: the schedule ends at step {schedule.end_step} but "
             f"this fit runs {self._total} steps (from step {self._start}). Train longer, lower "
             "end_step, or give it as a fraction of the run (end_step=1.0).",

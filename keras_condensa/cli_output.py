@@ -12,7 +12,7 @@ import warnings
 
 from keras_condensa.cli_checks import UsageError, one_line
 from keras_condensa.search import run
-from keras_condensa.search.oracle import trial_metric
+from keras_condensa.search.constraint import trial_metric
 from keras_condensa.workflows.measure import layer_rows
 
 

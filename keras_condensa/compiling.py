@@ -15,7 +15,10 @@ import numpy as np
 
 
 def _fresh(metrics):
-    """The same metrics, as new instances where they are `keras.metrics.Metric` objects (no shared state)."""
+    """The same metrics, as new instances where they are `keras.metrics.Metric` objects.
+
+    New instances share no state with the given ones.
+    """
 
     def fresh(metric):
         if isinstance(metric, keras.metrics.Metric):

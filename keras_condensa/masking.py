@@ -2,7 +2,6 @@
 
 import warnings
 
-import keras
 import numpy as np
 from keras import ops
 
@@ -128,11 +127,13 @@ def update(model, contexts):
     def graph_fn():
         if not graph:
             graph.append(
-                dependency.DependencyGraph(model, on_unknown="skip") if is_graph_model(model) else None
+                dependency.DependencyGraph(model, on_unknown="skip")
+                if is_graph_model(model)
+                else None
             )
         return graph[0]
 
-    raw, touched = {}, {}
+    raw, touched, assigned = {}, {}, {}
     for index in sorted(contexts):
         op = operators[index]
         if getattr(op, "update", None) is None:
@@ -143,32 +144,51 @@ def update(model, contexts):
         context = contexts[index]
         context._graph_fn = graph_fn
         op.update(items, context)
+        assigned.update(context.assigned)
         for item in items:
             for path in item.paths:
                 touched[(id(item.wrapper), path)] = (item.wrapper, path)
                 raw.pop((id(item.wrapper), path), None)  # an update may assign the weight too
-    _enforce(model, touched)
+    _enforce(model, touched, assigned)
 
 
-def _enforce(model, touched):
+def _enforce(model, touched, assigned):
     """Zeroes the stored weights (and their optimizer momentum) where their masks are 0.
 
-    In NumPy: a handful of assigns per weight, whatever the backend.
+    In NumPy: a handful of assigns per weight, whatever the backend; `assigned`
+    holds the host values of the masks an update just set (`{id(variable): array}`).
     """
     optimizer = getattr(model, "optimizer", None)
     slots = _optimizer_slots(optimizer) if optimizer is not None and optimizer.built else {}
     for wrapper, path in touched.values():
-        masks = [_numpy(state["mask"]) for _, state in wrapper.chain(path) if "mask" in (state or {})]
+        masks = [
+            _host(state["mask"], assigned)
+            for _, state in wrapper.chain(path)
+            if "mask" in (state or {})
+        ]
         if not masks:
             continue
         kept = masks[0] != 0
         for mask in masks[1:]:
             kept &= mask != 0
+        if kept.all():
+            continue
         variable = wrapper.weight(path)
-        variable.assign(np.where(kept, _numpy(variable), 0).astype(variable.dtype))
+        variable.assign(_zeroed(_numpy(variable), kept))
         for slot in slots.get(_slot_prefix(variable), ()):
             if tuple(slot.shape) == kept.shape:
-                slot.assign(np.where(kept, _numpy(slot), 0).astype(slot.dtype))
+                slot.assign(_zeroed(_numpy(slot), kept))
+
+
+def _zeroed(value, kept):
+    """`value` with zeros where `kept` is False, in its own dtype."""
+    return np.where(kept, value, np.zeros((), value.dtype))
+
+
+def _host(variable, assigned):
+    """A variable's value on the host: the one just assigned, or read back."""
+    value = assigned.get(id(variable))
+    return _numpy(variable) if value is None else value
 
 
 def _slot_prefix(variable):
@@ -208,7 +228,8 @@ def _optimizer_slots(optimizer):
         if not slot.shape:
             continue
         parts = slot.name.split("_")
-        for cut in range(1, len(parts)):  # every split `{prefix}_{name}`: the weight is unknown here
+        # every split `{prefix}_{name}`: the weight is unknown here
+        for cut in range(1, len(parts)):
             name = "_".join(parts[cut:])
             if name not in _SCALING_SLOTS:
                 slots.setdefault("_".join(parts[:cut]), []).append(slot)

@@ -105,14 +105,19 @@ def global_keep_counts(scores, density, min_density=0.0, aligns=None):
         flat = np.concatenate([scores[i] for i in free])
         keep = topk_mask(flat, left)
         bounds = np.cumsum([0] + [sizes[i] for i in free])
-        counts = {i: int(keep[a:b].sum()) for i, a, b in zip(free, bounds[:-1], bounds[1:])}
+        counts = {
+            i: int(keep[a:b].sum())
+            for i, a, b in zip(free, bounds[:-1], bounds[1:], strict=True)
+        }
         below = [i for i in free if counts[i] < floors[i]]
         if not below:
             break
         fixed.update(below)
     result = [floors[i] if i in fixed else counts[i] for i in range(len(scores))]
     if aligns:
-        result = [keep_count(c / n, n, a) for c, n, a in zip(result, sizes, aligns)]
+        result = [
+            keep_count(c / n, n, a) for c, n, a in zip(result, sizes, aligns, strict=True)
+        ]
     return result
 
 

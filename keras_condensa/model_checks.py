@@ -15,7 +15,9 @@ def check_model(model, subclassed=False):
     """
     if not isinstance(model, keras.Model):
         module = type(model).__module__
-        if module.startswith(("tf_keras", "tensorflow.python.keras", "keras.engine", "keras.src.engine")):
+        if module.startswith(
+            ("tf_keras", "tensorflow.python.keras", "keras.engine", "keras.src.engine")
+        ):
             raise TypeError(
                 f"'{getattr(model, 'name', model)}' is a tf_keras (Keras 2) model. keras-condensa "
                 "works on Keras 3 models: its wrappers are Keras 3 layers written with keras.ops "
@@ -26,7 +28,8 @@ def check_model(model, subclassed=False):
         raise TypeError(f"Expected a keras.Model. Received: {type(model).__name__}")
     if not subclassed and not is_graph_model(model):
         raise TypeError(
-            f"Model '{model.name}' ({type(model).__name__}) is a subclassed keras.Model: its layers "
+            f"Model '{model.name}' ({type(model).__name__}) is a subclassed keras.Model: "
+            "its layers "
             "are created and called in Python code that this function cannot rewire. It takes a "
             "Sequential or functional model, or the model scheme.apply(model) returned for a "
             "subclassed one; scheme.apply itself takes subclassed models."

@@ -9,14 +9,10 @@ import io
 import math
 import numbers
 
-# The one atomic write; imported here too for the modules that write reports.
 from keras_condensa.workflows.files import write_atomically
 
-#: Columns of `trials.csv`, in order; each hyperparameter gets an `hp:NAME` column
-#: after `status` (a density, per-layer densities, bit-widths: whatever the scheme has).
-TRIAL_COLUMNS = (
-    "trial",
-    "status",
+#: The measured metrics of a trial, as the tuner reports them.
+METRIC_COLUMNS = (
     "val_accuracy",
     "nonzero_params",
     "params",
@@ -25,12 +21,13 @@ TRIAL_COLUMNS = (
     "tflite_gzip_bytes",
     "litert_latency_ms",
     "keras_latency_ms",
-    "feasible",
-    "best",
 )
+#: Columns of `trials.csv`, in order; each hyperparameter gets an `hp:NAME` column
+#: after `status` (a density, per-layer densities, bit-widths: whatever the scheme has).
+TRIAL_COLUMNS = ("trial", "status", *METRIC_COLUMNS, "feasible", "best")
 HP_PREFIX = "hp:"
 
-__all__ = ["TRIAL_COLUMNS", "pareto_png", "report_markdown", "trials_csv", "write_atomically"]
+__all__ = ["METRIC_COLUMNS", "TRIAL_COLUMNS", "pareto_png", "report_markdown", "trials_csv"]
 
 
 def hyperparameter_names(rows):

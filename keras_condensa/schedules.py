@@ -29,7 +29,10 @@ def _check_step(name, value, allow_none=False):
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be an int (steps) or a float in [0, 1] (fraction of the run). Received: {name}={value!r}")
+        raise TypeError(
+            f"{name} must be an int (steps) or a float in [0, 1] (fraction of the run). "
+            f"Received: {name}={value!r}"
+        )
     if isinstance(value, float) and not 0.0 <= value <= 1.0:
         raise ValueError(
             f"{name} as a float is a fraction of the training run and must be in [0, 1]; "
@@ -195,12 +198,15 @@ class PolynomialDecay(PruningSchedule):
         initial_sparsity, final_sparsity = _number(initial_sparsity), _number(final_sparsity)
         begin_step, end_step = self.begin_step, self.end_step
         if end_step is None:
-            raise ValueError("PolynomialDecay needs an end_step (int steps or a fraction of the run).")
+            raise ValueError(
+                "PolynomialDecay needs an end_step (int steps or a fraction of the run)."
+            )
         _check_sparsity("initial_sparsity", initial_sparsity)
         _check_sparsity("final_sparsity", final_sparsity, allow_none=True)
         if not self.in_fractions and end_step <= begin_step:
             raise ValueError(
-                f"end_step must be after begin_step. Received: begin_step={begin_step}, end_step={end_step}"
+                "end_step must be after begin_step. "
+                f"Received: begin_step={begin_step}, end_step={end_step}"
             )
         self.initial_sparsity = initial_sparsity
         self.final_sparsity = final_sparsity

@@ -211,7 +211,9 @@ def _removable(graph, consts):
     segments = [
         (tid, seg.root(), offset)
         for tid, lay in graph.layouts.items()
-        for seg, offset in zip(lay.segments, np.cumsum([0] + [g.size for g in lay.segments]))
+        for seg, offset in zip(
+            lay.segments, np.cumsum([0] + [g.size for g in lay.segments]), strict=False
+        )
     ]
     dead = {}
     for tid, g, offset in segments:

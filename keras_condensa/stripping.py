@@ -8,7 +8,8 @@ from keras_condensa.shrink import shrink as shrink_model
 def strip(model, keep_quantization=True, shrink=False):
     """Returns the model ready for export: masked weights baked in as zeros.
 
-    Wrappers are removed (each weight gets its operators' `finalize`): the result uses Keras layer classes, so it
+    Wrappers are removed (each weight gets its operators' `finalize`): the
+    result uses Keras layer classes, so it
     loads with `keras.saving.load_model` without keras_condensa imported.
     float16-quantized weights are baked in (rounded to float16 values).
     Layers trained with `Quantize("int8")` or `"int4"` keep a wrapper holding

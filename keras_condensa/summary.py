@@ -79,12 +79,16 @@ class Summary:
     def __str__(self):
         # Nested layers are named by their path ("transformer_layer_0/query"): the column fits them.
         width = max([28] + [len(r.name) + 2 for r in self.rows])
-        header = f"{'layer':<{width}}{'class':<22}{'params':>10}{'nonzeros':>10}{'density':>9}{'bytes':>11}"
+        header = (
+            f"{'layer':<{width}}{'class':<22}{'params':>10}{'nonzeros':>10}"
+            f"{'density':>9}{'bytes':>11}"
+        )
         lines = [header, "-" * len(header)]
         for r in self.rows:
             mark = "*" if r.pruned else " "
             lines.append(
-                f"{mark}{r.name:<{width - 1}}{r.class_name[:21]:<22}{r.params:>10,}{r.nonzeros:>10,}"
+                f"{mark}{r.name:<{width - 1}}{r.class_name[:21]:<22}{r.params:>10,}"
+                f"{r.nonzeros:>10,}"
                 f"{r.density:>9.3f}{r.bytes:>11,}"
             )
         lines.append("-" * len(header))
@@ -93,7 +97,9 @@ class Summary:
             f"{self.bytes:>11,}"
         )
         if any(r.pruned for r in self.rows):
-            lines.append(f"* pruned layer; density of the masked weights: {self.masked_density:.4f}")
+            lines.append(
+                f"* pruned layer; density of the masked weights: {self.masked_density:.4f}"
+            )
         if self.covered_params:
             lines.append(
                 f"covered by the scheme: {self.covered_params:,} of {self.params:,} parameters "
@@ -106,7 +112,7 @@ class Summary:
 
 def _row(unit, weights, masked=(), covered=()):
     arrays = [np.asarray(ops.convert_to_numpy(w)) for w in weights]
-    masked_arrays = [a for a, w in zip(arrays, weights) if id(w) in masked]
+    masked_arrays = [a for a, w in zip(arrays, weights, strict=True) if id(w) in masked]
     return LayerRow(
         name=unit.name,
         class_name=type(unit.layer).__name__,
@@ -116,7 +122,9 @@ def _row(unit, weights, masked=(), covered=()):
         bytes=int(sum(a.nbytes for a in arrays)),
         masked_params=int(sum(a.size for a in masked_arrays)),
         masked_nonzeros=int(sum(np.count_nonzero(a) for a in masked_arrays)),
-        covered_params=int(sum(a.size for a, w in zip(arrays, weights) if id(w) in covered)),
+        covered_params=int(
+            sum(a.size for a, w in zip(arrays, weights, strict=True) if id(w) in covered)
+        ),
     )
 
 
@@ -145,7 +153,10 @@ def summary(model, print_fn=print):
     for container in masking.containers(model):
         masked, quantized = {}, set()
         if isinstance(container, CompressionWrapper):
-            masked = {id(container.weight(p)): container.masked_value(p) for p in container.masked_weights}
+            masked = {
+                id(container.weight(p)): container.masked_value(p)
+                for p in container.masked_weights
+            }
             quantized = {id(container.weight(p)) for p in container.chains}
             container = container.layer
         for unit in reach.units(container):

@@ -1,8 +1,8 @@
 """Model surgery: copy a user's model with layers wrapped or unwrapped.
 
-`apply_scheme` and `unwrap` (the core of `kc.strip`) both rebuild the model with `keras.models.clone_model`
-(recursively, so nested models work) and copy every weight; the input model
-is never modified.
+`apply_scheme` and `unwrap` (the core of `kc.strip`) both rebuild the model
+with `keras.models.clone_model` (recursively, so nested models work) and copy
+every weight; the input model is never modified.
 """
 
 import logging
@@ -47,8 +47,9 @@ def _plan(scheme, model, folded=()):
 
     Returns:
         `(plan, skipped, unreached, covered)`: `{id(container): {"weights":
-        {path: [operator index]}, "layer": {operator index: arguments}}}`, `{layer name: reason}` for weighted layers left as they
-        are, `{unit name: unit}` for the units that no operator can reach
+        {path: [operator index]}, "layer": {operator index: arguments}}}`,
+        `{layer name: reason}` for weighted layers left as they are,
+        `{unit name: unit}` for the units that no operator can reach
         although one selects them, and `{operator: parameters it masks}`.
         `folded` names layers folded away before planning (BatchNorms folded into
         their convolutions for integer QAT): include=/exclude= may still name them.
@@ -262,7 +263,9 @@ def unwrap(model, keep_quantization=True):
             new = _wrapper(inner, layer.operators, entry, name=layer.name)
 
         def copy_weights():
-            values = {id(layer.weight(p)): layer.finalized_value(p, skip=kept) for p in layer.chains}
+            values = {
+                id(layer.weight(p)): layer.finalized_value(p, skip=kept) for p in layer.chains
+            }
             inner.set_weights(
                 [ops.convert_to_numpy(values.get(id(w), w)) for w in layer.layer.weights]
             )

@@ -43,8 +43,18 @@ class UpdateContext:
         self.step = step
         self.schedule = schedule
         self._graph_fn = graph_fn
+        self.assigned = {}
 
     @property
     def graph(self):
         """The model's channel dependency graph (`None` for a subclassed model)."""
         return self._graph_fn() if self._graph_fn is not None else None
+
+    def assign(self, variable, value):
+        """Assigns a host value (a NumPy array) to a state variable.
+
+        The driver then uses the value it already has instead of reading the
+        variable back from the device (reads dominate the cost of an update).
+        """
+        variable.assign(value)
+        self.assigned[id(variable)] = value

@@ -73,7 +73,8 @@ class CompressionWrapper(keras.layers.Wrapper):
             )
         if any(not 0 <= i < len(self.operators) for i in used):
             raise ValueError(
-                f"CompressionWrapper around '{layer.name}' refers to operator indices {sorted(used)} "
+                f"CompressionWrapper around '{layer.name}' refers to operator indices "
+                f"{sorted(used)} "
                 f"but has {len(self.operators)} operators."
             )
         self.states = {}
@@ -164,7 +165,9 @@ class CompressionWrapper(keras.layers.Wrapper):
         value = ops.convert_to_tensor(self.weight(path))
         for _, state in self.chain(path):
             if _has_mask(state):
-                value = ops.where(ops.not_equal(state["mask"], 0), value, ops.zeros((), value.dtype))
+                value = ops.where(
+                    ops.not_equal(state["mask"], 0), value, ops.zeros((), value.dtype)
+                )
         return value
 
     def effective_value(self, path, training=False):
@@ -188,7 +191,10 @@ class CompressionWrapper(keras.layers.Wrapper):
             self.weight(path).assign(self.masked_value(path))
 
     def copy_states_from(self, other, indices):
-        """Copies the state variables of operators `indices` from `other` (a wrapper of the same layer)."""
+        """Copies the state variables of operators `indices` from `other`.
+
+        `other` is a wrapper of the same layer.
+        """
         for key, state in self.states.items():
             if key[0] in indices:
                 _copy_state(state, other.states[key])

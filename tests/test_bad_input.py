@@ -16,7 +16,7 @@ def model():
 
 def _unchanged(model, before):
     assert not any(isinstance(layer, kc.CompressionWrapper) for layer in model.layers)
-    for a, b in zip(before, weights_of(model)):
+    for a, b in zip(before, weights_of(model), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -41,7 +41,10 @@ def test_including_a_layer_the_operator_cannot_handle_names_it():
     outputs = keras.layers.LayerNormalization(name="norm")(h)
     m = keras.Model(inputs, outputs)
     before = weights_of(m)
-    with pytest.raises(ValueError, match=r"cannot handle layer 'norm' \(LayerNormalization\).*exclude=\['norm'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot handle layer 'norm' \(LayerNormalization\)" r".*exclude=\['norm'\]",
+    ):
         kc.Prune(0.5, include=["fc", "norm"]).apply(m)
     with pytest.raises(ValueError, match=r"'fc' \(Dense\): Dense has no filter structure"):
         kc.FilterPrune(0.5, include=["fc"]).apply(m)
@@ -61,7 +64,7 @@ def test_tf_keras_model_is_refused_with_the_reason():
     before = [w.copy() for w in m.get_weights()]
     with pytest.raises(TypeError, match=r"tf_keras \(Keras 2\) model.*works on Keras 3 models"):
         kc.Prune(0.5).apply(m)
-    for a, b in zip(before, m.get_weights()):
+    for a, b in zip(before, m.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -86,9 +89,11 @@ def test_applying_a_scheme_to_a_wrapped_model(model):
     m, _ = model
     pruned = kc.Prune(0.5).apply(m)
     before = weights_of(pruned)
-    with pytest.raises(ValueError, match=r"already wrapped by CompressionWrapper.*kc.strip\(model\).*kc.Compose"):
+    with pytest.raises(
+        ValueError, match=r"already wrapped by CompressionWrapper.*kc.strip\(model\).*kc.Compose"
+    ):
         kc.NMPrune().apply(pruned)
-    for a, b in zip(before, weights_of(pruned)):
+    for a, b in zip(before, weights_of(pruned), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

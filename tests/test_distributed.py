@@ -63,7 +63,8 @@ def test_chief_and_two_workers_share_one_search(tmp_path, digits):
     processes = {}
     for tuner_id in ("chief", "tuner0", "tuner1"):
         env = dict(os.environ, KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP="127.0.0.1",
-                   KERASTUNER_ORACLE_PORT=port, KERAS_BACKEND=os.environ.get("KERAS_BACKEND", "tensorflow"))
+                   KERASTUNER_ORACLE_PORT=port,
+                   KERAS_BACKEND=os.environ.get("KERAS_BACKEND", "tensorflow"))
         processes[tuner_id] = subprocess.Popen(
             [sys.executable, str(tmp_path / "run.py"), str(tmp_path / "data.npz"),
              str(tmp_path / "dense.keras"), str(tmp_path / "runs")],

@@ -1,4 +1,7 @@
-"""Extending the library from outside: docs/operators.md runs, and an outside operator goes end to end."""
+"""Extending the library from outside.
+
+docs/operators.md runs, and an outside operator goes end to end.
+"""
 
 import pathlib
 import re
@@ -40,7 +43,9 @@ class GatedScale(kc.Operator):
         return (spec.channel_weight,)
 
     def build(self, wrapper, path, variable):
-        return {"scale": wrapper.add_weight(name="scale", shape=variable.shape[-1:], initializer="ones")}
+        return {
+            "scale": wrapper.add_weight(name="scale", shape=variable.shape[-1:], initializer="ones")
+        }
 
     def transform(self, state, value, training):
         return value * state["scale"]
@@ -56,7 +61,9 @@ def test_an_operator_defined_outside_goes_through_apply_fit_save_strip_and_expor
     x, y, x_val, _ = digits
     dense = compile_classifier(lenet_300_100())
     dense.fit(x, y, epochs=2, batch_size=64, verbose=0)
-    scheme = kc.Compose([kc.Prune(0.3, scope="layer", exclude=["logits"]), GatedScale(l1=0.05, exclude=["logits"])])
+    scheme = kc.Compose(
+        [kc.Prune(0.3, scope="layer", exclude=["logits"]), GatedScale(l1=0.05, exclude=["logits"])]
+    )
     model = compile_classifier(scheme.apply(dense))
     model(x[:4])
     assert len(model.losses) == 2  # one L1 term per scaled kernel, through add_loss
@@ -71,7 +78,9 @@ def test_an_operator_defined_outside_goes_through_apply_fit_save_strip_and_expor
     path = tmp_path / "gated.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(loaded.predict(x_val, verbose=0), model.predict(x_val, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(
+        loaded.predict(x_val, verbose=0), model.predict(x_val, verbose=0), atol=1e-5
+    )
     restored = kc.scheme_of(loaded)
     assert [type(op).__name__ for op in restored.operators()] == ["Prune", "GatedScale"]
     assert restored.operators()[1].l1 == 0.05 and restored.operators()[1].exclude == ("logits",)
@@ -80,9 +89,13 @@ def test_an_operator_defined_outside_goes_through_apply_fit_save_strip_and_expor
 
     final = kc.strip(model)
     assert not any(isinstance(layer, kc.CompressionWrapper) for layer in final.layers)
-    np.testing.assert_allclose(final.predict(x_val, verbose=0), model.predict(x_val, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(
+        final.predict(x_val, verbose=0), model.predict(x_val, verbose=0), atol=1e-5
+    )
     kernel = ops.convert_to_numpy(final.get_layer("fc1").kernel)
-    np.testing.assert_allclose(kernel, ops.convert_to_numpy(wrapper.weight("kernel")) * mask * scale, atol=1e-6)
+    np.testing.assert_allclose(
+        kernel, ops.convert_to_numpy(wrapper.weight("kernel")) * mask * scale, atol=1e-6
+    )
     assert abs(np.mean(kernel != 0) - 0.3) < 0.02
 
     if keras.backend.backend() != "tensorflow":
@@ -106,4 +119,9 @@ def test_a_loaded_model_continues_its_schedule_from_its_own_scheme(tmp_path, dig
     loaded.fit(x[:320], y[:320], epochs=1, batch_size=32, verbose=0, callbacks=kc.callbacks(loaded))
     assert kc.summary(loaded, print_fn=None).density == pytest.approx(0.2, abs=0.01)
     with pytest.raises(ValueError, match="runs 1 operators but the scheme given"):
-        loaded.fit(x[:32], y[:32], verbose=0, callbacks=kc.callbacks(kc.Compose([kc.Prune(0.5), kc.Quantize()])))
+        loaded.fit(
+            x[:32],
+            y[:32],
+            verbose=0,
+            callbacks=kc.callbacks(kc.Compose([kc.Prune(0.5), kc.Quantize()])),
+        )

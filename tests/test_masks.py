@@ -49,7 +49,7 @@ def test_global_counts_follow_one_threshold(seed, density):
     k = masks.keep_count(density, sum(w.size for w in ws))
     expected = _reference_topk(np.concatenate(ws), k)
     bounds = np.cumsum([0] + [w.size for w in ws])
-    reference = [int(expected[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:])]
+    reference = [int(expected[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     # Every layer keeps at least one item; otherwise the split is the global top-k.
     if min(reference) >= 1:
         assert counts == reference
@@ -59,7 +59,9 @@ def test_global_counts_follow_one_threshold(seed, density):
 def test_global_counts_honour_the_layer_floor():
     big = np.full(1000, 5.0, dtype="float32")
     small = np.full(50, 0.1, dtype="float32")
-    counts = masks.global_keep_counts([ops.convert_to_tensor(big), ops.convert_to_tensor(small)], 0.2, 0.1)
+    counts = masks.global_keep_counts(
+        [ops.convert_to_tensor(big), ops.convert_to_tensor(small)], 0.2, 0.1
+    )
     assert counts[1] == 5  # 10% of the small layer survives despite its low scores
     assert sum(counts) == masks.keep_count(0.2, 1050)
 
@@ -93,7 +95,9 @@ def test_depthwise_channels_flatten_in_order():
     np.testing.assert_allclose(scores, np.abs(w).reshape(9, 8).mean(0), rtol=1e-5)
     keep = np.zeros(8, "float32")
     keep[[1, 6]] = 1
-    mask = _np(masks.expand_channel_mask(ops.convert_to_tensor(keep), ops.convert_to_tensor(w), (-2, -1)))
+    mask = _np(
+        masks.expand_channel_mask(ops.convert_to_tensor(keep), ops.convert_to_tensor(w), (-2, -1))
+    )
     np.testing.assert_array_equal(mask.reshape(9, 8).max(0), keep)
 
 
@@ -110,7 +114,10 @@ def test_block_mask_keeps_whole_tiles(seed, rows, cols, density):
     grid = _np(masks.block_scores(ops.convert_to_tensor(w), (r, c)))
     br, bc = math.ceil(rows / r), math.ceil(cols / c)
     ref = np.array(
-        [[np.abs(w[i * r : (i + 1) * r, j * c : (j + 1) * c]).mean() for j in range(bc)] for i in range(br)]
+        [
+            [np.abs(w[i * r : (i + 1) * r, j * c : (j + 1) * c]).mean() for j in range(bc)]
+            for i in range(br)
+        ]
     )
     np.testing.assert_allclose(grid, ref, rtol=1e-5)
     k = masks.keep_count(density, br * bc)
@@ -132,5 +139,5 @@ def test_nm_mask_is_exactly_n_of_every_m(seed, nm):
     groups_w = np.moveaxis(np.abs(w), -2, -1).reshape(-1, m)
     groups_m = np.moveaxis(mask, -2, -1).reshape(-1, m)
     assert (groups_m.sum(1) == n).all()
-    for gw, gm in zip(groups_w, groups_m):
+    for gw, gm in zip(groups_w, groups_m, strict=True):
         np.testing.assert_array_equal(gm.astype(bool), _reference_topk(gw, n))

@@ -1,4 +1,7 @@
-"""A model fine-tuned with Quantize("int8") or ("int4") exports to int8 LiteRT from its own ranges."""
+"""A model fine-tuned with Quantize("int8") or ("int4") exports to int8 LiteRT.
+
+The export uses the model's own ranges.
+"""
 
 import keras
 import numpy as np
@@ -19,7 +22,10 @@ def _qat(model, train, epochs, dtype):
     return kc.strip(qat)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="one backend is enough: export converts under TensorFlow")
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="one backend is enough: export converts under TensorFlow",
+)
 @pytest.mark.parametrize("dtype", ["int8", "int4"])
 @pytest.mark.parametrize("arch", ["lenet", "cnn"])
 def test_int8_export_of_a_qat_model_agrees_with_keras(tmp_path, digits, trained_lenet, arch, dtype):

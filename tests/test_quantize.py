@@ -29,7 +29,9 @@ def _reference(w, per_channel, bits=8):
 
 
 @pytest.mark.parametrize(
-    "shape, axes", [((3, 3, 4, 16), (-1,)), ((64, 30), ())], ids=["conv_per_channel", "dense_per_tensor"]
+    "shape, axes",
+    [((3, 3, 4, 16), (-1,)), ((64, 30), ())],
+    ids=["conv_per_channel", "dense_per_tensor"],
 )
 def test_int8_fake_quant_matches_numpy_reference(shape, axes):
     w = np.random.default_rng(0).standard_normal(shape).astype("float32")
@@ -49,7 +51,9 @@ def test_int8_fake_quant_matches_numpy_reference(shape, axes):
 
 def test_int4_and_float16_weights():
     w = np.random.default_rng(1).standard_normal((3, 3, 8, 6)).astype("float32")
-    int4 = ops.convert_to_numpy(quantizers.fake_quant_weight(ops.convert_to_tensor(w), "int4", (-1,)))
+    int4 = ops.convert_to_numpy(
+        quantizers.fake_quant_weight(ops.convert_to_tensor(w), "int4", (-1,))
+    )
     for c in range(6):
         assert len(np.unique(int4[..., c])) <= 15
     f16 = ops.convert_to_numpy(quantizers.fake_quant_weight(ops.convert_to_tensor(w), "float16"))
@@ -109,11 +113,15 @@ def test_ranges_freeze_at_inference_and_round_trip(tmp_path, digits):
     wrapper = next(masking.iter_wrappers(qat))
     before = ops.convert_to_numpy(activation_state(wrapper)["input_range"]).copy()
     qat.predict(x_val * 5.0, verbose=0)
-    np.testing.assert_array_equal(ops.convert_to_numpy(activation_state(wrapper)["input_range"]), before)
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(activation_state(wrapper)["input_range"]), before
+    )
     path = tmp_path / "qat.keras"
     qat.save(path)
     loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(loaded.predict(x_val, verbose=0), qat.predict(x_val, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(x_val, verbose=0), qat.predict(x_val, verbose=0), atol=1e-6
+    )
 
 
 def test_strip_keeps_int8_quantizers_and_bakes_the_rest(digits):
@@ -126,7 +134,9 @@ def test_strip_keeps_int8_quantizers_and_bakes_the_rest(digits):
     kinds = {layer.name: type(layer).__name__ for layer in final.layers}
     assert kinds["fc1_compressed"] == "CompressionWrapper" and kinds["logits"] == "Dense"
     assert not next(masking.iter_wrappers(final)).masks  # masks baked in
-    np.testing.assert_allclose(final.predict(x_val, verbose=0), model.predict(x_val, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(
+        final.predict(x_val, verbose=0), model.predict(x_val, verbose=0), atol=1e-5
+    )
     logits = ops.convert_to_numpy(final.get_layer("logits").kernel)
     np.testing.assert_array_equal(logits, logits.astype("float16").astype("float32"))
     plain = kc.strip(model, keep_quantization=False)
@@ -145,16 +155,21 @@ def test_post_training_quantization_goes_through_keras(digits, trained_lenet):
     _, _, x_val, y_val = digits
     dense, dense_accuracy = trained_lenet
     before = weights_of(dense)
-    quantized = kc.Quantize("int8", mode="post_training").apply(kc.strip(kc.Prune(0.5).apply(dense)))
+    quantized = kc.Quantize("int8", mode="post_training").apply(
+        kc.strip(kc.Prune(0.5).apply(dense))
+    )
     assert quantized.get_layer("fc1").quantization_mode == "int8"
     compile_classifier(quantized)
     assert quantized.evaluate(x_val, y_val, verbose=0)[1] >= dense_accuracy - 0.05
-    for a, b in zip(before, weights_of(dense)):
+    for a, b in zip(before, weights_of(dense), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
 def test_bad_quantization_input():
-    with pytest.raises(ValueError, match=r"dtype must be one of \('float16', 'int8', 'int4'\). Received: dtype='int3'"):
+    with pytest.raises(
+        ValueError,
+        match=r"dtype must be one of \('float16', 'int8', 'int4'\). " r"Received: dtype='int3'",
+    ):
         kc.Quantize("int3")
     with pytest.raises(ValueError, match="mode must be one of"):
         kc.Quantize("int8", mode="later")
@@ -172,5 +187,5 @@ def test_bad_quantization_input():
         kc.Quantize("int8", mode="post_training").apply(kc.Prune(0.5).apply(model))
     with pytest.raises(ValueError, match="quantized twice"):
         kc.Compose([kc.Quantize("int8"), kc.Quantize("float16")]).apply(model)
-    for a, b in zip(before, weights_of(model)):
+    for a, b in zip(before, weights_of(model), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -9,7 +9,9 @@ import keras_condensa as kc
 
 
 def test_polynomial_decay_follows_zhu_and_gupta():
-    s = kc.PolynomialDecay(initial_sparsity=0.1, final_sparsity=0.9, begin_step=10, end_step=110, frequency=20)
+    s = kc.PolynomialDecay(
+        initial_sparsity=0.1, final_sparsity=0.9, begin_step=10, end_step=110, frequency=20
+    )
     assert s(5) == (False, 0.0)
     assert s(10) == (True, pytest.approx(0.1))
     progress = 0.4
@@ -27,7 +29,9 @@ def test_constant_sparsity():
 
 
 def test_fractions_resolve_against_the_run():
-    s = kc.PolynomialDecay(final_sparsity=0.5, begin_step=0.1, end_step=0.5, frequency=0.05).resolve(200)
+    s = kc.PolynomialDecay(
+        final_sparsity=0.5, begin_step=0.1, end_step=0.5, frequency=0.05
+    ).resolve(200)
     assert (s.begin_step, s.end_step, s.frequency) == (20, 100, 10)
     with pytest.raises(ValueError, match="steps_per_epoch"):
         kc.PolynomialDecay(final_sparsity=0.5, end_step=0.5).resolve(None)
@@ -60,7 +64,9 @@ def test_a_fit_that_ends_before_the_schedule_says_so(digits):
     scheme = kc.Prune(0.1, schedule=kc.PolynomialDecay(begin_step=0, end_step=1000, frequency=5))
     pruned = compile_classifier(scheme.apply(lenet_300_100()))
     with pytest.warns(UserWarning, match=r"not its target 0\.900.*ends at step 1000.*22 steps"):
-        pruned.fit(x_train, y_train, epochs=1, batch_size=64, verbose=0, callbacks=kc.callbacks(scheme))
+        pruned.fit(
+            x_train, y_train, epochs=1, batch_size=64, verbose=0, callbacks=kc.callbacks(scheme)
+        )
     density = kc.summary(pruned, print_fn=None).masked_density
     assert 0.5 < density < 1.0
 
@@ -71,5 +77,7 @@ def test_a_schedule_in_fractions_reaches_its_target_without_warning(digits):
     pruned = compile_classifier(scheme.apply(lenet_300_100()))
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        pruned.fit(x_train, y_train, epochs=1, batch_size=64, verbose=0, callbacks=kc.callbacks(scheme))
+        pruned.fit(
+            x_train, y_train, epochs=1, batch_size=64, verbose=0, callbacks=kc.callbacks(scheme)
+        )
     assert abs(kc.summary(pruned, print_fn=None).masked_density - 0.3) < 0.005

@@ -36,7 +36,7 @@ def test_prune_lenet_to_density_0_1_keeps_accuracy(digits, trained_lenet):
     assert summary.nonzeros == masked.nonzeros
     assert [type(layer) for layer in final.layers] == [keras.layers.Dense] * 3
     # The user's model is untouched.
-    for a, b in zip(before, weights_of(dense)):
+    for a, b in zip(before, weights_of(dense), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -86,7 +86,7 @@ def test_structure_prune_ranks_neurons_and_filters_together():
         w.layer.name: np.count_nonzero(np.abs(_value(w)).reshape(-1, _value(w).shape[-1]).sum(0))
         for w in masking.iter_wrappers(pruned)
     }
-    assert all(k % 8 == 0 or k == n for k, n in zip(kept.values(), (16, 32, 64, 10)))
+    assert all(k % 8 == 0 or k == n for k, n in zip(kept.values(), (16, 32, 64, 10), strict=True))
     assert sum(kept.values()) < 16 + 32 + 64 + 10
 
 
@@ -103,7 +103,8 @@ def test_block_and_nm_patterns_in_a_model():
 
 def test_nested_models_are_wrapped_and_left_untouched():
     inner = keras.Sequential(
-        [keras.Input((64,)), keras.layers.Dense(32, activation="relu", name="inner_fc")], name="block"
+        [keras.Input((64,)), keras.layers.Dense(32, activation="relu", name="inner_fc")],
+        name="block",
     )
     inputs = keras.Input((64,))
     outputs = keras.layers.Dense(10, name="head")(inner(inputs))
@@ -116,7 +117,7 @@ def test_nested_models_are_wrapped_and_left_untouched():
     np.testing.assert_allclose(
         ops.convert_to_numpy(pruned(x)), ops.convert_to_numpy(kc.strip(pruned)(x)), atol=1e-5
     )
-    for a, b in zip(before, weights_of(model)):
+    for a, b in zip(before, weights_of(model), strict=True):
         np.testing.assert_array_equal(a, b)
     assert not any(isinstance(layer, kc.CompressionWrapper) for layer in model.layers)
 

@@ -81,7 +81,7 @@ def test_search_finds_feasible_sparse_model(dense, tmp_path):
         "nonzero_params"
     )
     # The user's model is never modified.
-    for a, b in zip(before, model.get_weights()):
+    for a, b in zip(before, model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
     front = tuner.pareto()
@@ -242,7 +242,7 @@ def test_fine_tune_lc_and_distill_trials_report_their_compressed_models(
     accuracy = float(np.mean(np.argmax(final.predict(x_val, verbose=0), -1) == y_val))
     assert accuracy == pytest.approx(trial.metrics.get_last_value("val_accuracy"))
     assert accuracy > tuner.dense_accuracy - 0.05
-    for a, b in zip(before, model.get_weights()):
+    for a, b in zip(before, model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -15,7 +15,10 @@ from keras_condensa import masking
 
 LAYERS = {
     "Dense": (lambda: keras.layers.Dense(6), (5,)),
-    "EinsumDense": (lambda: keras.layers.EinsumDense("ab,bc->ac", output_shape=6, bias_axes="c"), (5,)),
+    "EinsumDense": (
+        lambda: keras.layers.EinsumDense("ab,bc->ac", output_shape=6, bias_axes="c"),
+        (5,),
+    ),
     "Conv1D": (lambda: keras.layers.Conv1D(6, 3), (7, 4)),
     "Conv2D": (lambda: keras.layers.Conv2D(6, 3), (7, 7, 4)),
     "Conv3D": (lambda: keras.layers.Conv3D(4, 2), (4, 4, 4, 2)),
@@ -101,8 +104,10 @@ def test_wrapped_model_round_trips_through_keras_file_and_keeps_training(tmp_pat
     path = tmp_path / "pruned.keras"
     pruned.save(path)
     loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(loaded.predict(x_val, verbose=0), pruned.predict(x_val, verbose=0), atol=1e-6)
-    for a, b in zip(masking.iter_wrappers(loaded), masking.iter_wrappers(pruned)):
+    np.testing.assert_allclose(
+        loaded.predict(x_val, verbose=0), pruned.predict(x_val, verbose=0), atol=1e-6
+    )
+    for a, b in zip(masking.iter_wrappers(loaded), masking.iter_wrappers(pruned), strict=True):
         assert a.masked_weights == b.masked_weights
         for path_ in a.masked_weights:
             np.testing.assert_array_equal(
@@ -130,7 +135,11 @@ def test_stripped_model_loads_without_keras_condensa(tmp_path, digits):
         "print(sum(int(np.count_nonzero(w)) for w in m.get_weights()))\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=dict(os.environ), timeout=300
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert int(done.stdout.split()[-1]) == kc.summary(final, print_fn=None).nonzeros

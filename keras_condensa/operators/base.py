@@ -32,7 +32,10 @@ def _as_selector(name, value):
 
 
 def _matches(layer, selectors):
-    """Whether a selector names `layer` (its name, or its Keras path for a nested layer) or its class."""
+    """Whether a selector names `layer` or its class.
+
+    A layer is named by its name, or its Keras path for a nested layer.
+    """
     names = (layer.name, getattr(layer, "path", None))
     return any(s in names if isinstance(s, str) else isinstance(layer, s) for s in selectors)
 
@@ -131,7 +134,10 @@ class Operator:
         raise NotImplementedError
 
     def layer_arguments(self, layer, spec):
-        """Arguments of `build_layer` when the operator acts on `layer`'s activations, else `None`."""
+        """Arguments of `build_layer` when the operator acts on `layer`'s activations.
+
+        Returns `None` when it does not.
+        """
         return None
 
     # -- per-weight protocol ----------------------------------------------
@@ -196,7 +202,10 @@ class Operator:
         return None
 
     def call_layer(self, state, wrapper, call, inputs, training):
-        """Runs `call(inputs)` (the wrapped layer with transformed weights), around which it may act."""
+        """Runs `call(inputs)`, around which it may act.
+
+        `call` is the wrapped layer with transformed weights.
+        """
         return call(inputs)
 
     def copy_layer_state(self, state, source):

@@ -13,7 +13,8 @@ class Compose(Operator):
 
     Operators run in order: a weight covered by several is transformed by
     each in turn (`w -> op1.transform -> op2.transform`), and each operator's
-    `update` sees the weights the previous ones left, so masks multiply. Quantization comes after pruning, as in Condensa's
+    `update` sees the weights the previous ones left, so masks multiply.
+    Quantization comes after pruning, as in Condensa's
     `Compose([Prune, Quantize])`, so its ranges are those of the masked
     weights: a list that quantizes first is reordered, with a warning.
 

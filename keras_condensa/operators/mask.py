@@ -29,7 +29,11 @@ class MaskOperator(Operator):
         if any(name == v.name for v in wrapper.weights):
             name = f"{name}_{len(wrapper.weights)}"  # a second mask operator on this weight
         mask = wrapper.add_weight(
-            name=name, shape=variable.shape, dtype=variable.dtype, initializer="ones", trainable=False
+            name=name,
+            shape=variable.shape,
+            dtype=variable.dtype,
+            initializer="ones",
+            trainable=False,
         )
         return {"mask": mask}
 
@@ -52,7 +56,7 @@ class MaskOperator(Operator):
             for path in item.paths:
                 mask = new.get((id(item.wrapper), path))
                 if mask is not None:
-                    item.states[path]["mask"].assign(mask)
+                    context.assign(item.states[path]["mask"], mask)
 
     def compute_masks(self, items, density):
         """Computes masks for the covered weights.
@@ -105,7 +109,11 @@ class PruningOperator(MaskOperator):
     def get_config(self):
         config = {
             "density": self.density,
-            "schedule": None if self.schedule is None else keras.saving.serialize_keras_object(self.schedule),
+            "schedule": (
+                None
+                if self.schedule is None
+                else keras.saving.serialize_keras_object(self.schedule)
+            ),
         }
         config.update(super().get_config())
         return config

@@ -45,7 +45,8 @@ class BlockPrune(PruningOperator):
             or not all(isinstance(b, int) and b >= 1 for b in block_size)
         ):
             raise ValueError(
-                f"block_size must be two positive ints (rows, cols). Received: block_size={block_size!r}"
+                "block_size must be two positive ints (rows, cols). "
+                f"Received: block_size={block_size!r}"
             )
         masks.check_criterion(criterion)
         check_scope(scope)
@@ -71,7 +72,7 @@ class BlockPrune(PruningOperator):
             counts = [masks.keep_count(density, g.size) for g in grids]
         return {
             k: masks.expand_block_mask(masks.topk_mask(g, c), v, self.block_size)
-            for k, v, g, c in zip(keys, values, grids, counts)
+            for k, v, g, c in zip(keys, values, grids, counts, strict=True)
         }
 
     def get_config(self):

@@ -18,7 +18,8 @@ def check_scope(scope):
 def check_min_density(min_layer_density):
     if not is_real(min_layer_density) or not 0 <= min_layer_density <= 1:
         raise ValueError(
-            f"min_layer_density must be in [0, 1]. Received: min_layer_density={min_layer_density!r}"
+            "min_layer_density must be in [0, 1]. "
+            f"Received: min_layer_density={min_layer_density!r}"
         )
 
 
@@ -79,10 +80,12 @@ class Prune(PruningOperator):
                 keys.append((id(item.wrapper), path))
                 values.append(item.values[path])
         if self.scope == "layer":
-            return {k: masks.magnitude_mask(v, density) for k, v in zip(keys, values)}
+            return {
+                k: masks.magnitude_mask(v, density) for k, v in zip(keys, values, strict=True)
+            }
         scores = [np.abs(v) for v in values]
         counts = masks.global_keep_counts(scores, density, self.min_layer_density)
-        return {k: masks.topk_mask(s, c) for k, s, c in zip(keys, scores, counts)}
+        return {k: masks.topk_mask(s, c) for k, s, c in zip(keys, scores, counts, strict=True)}
 
     def get_config(self):
         config = super().get_config()

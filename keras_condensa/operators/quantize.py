@@ -74,7 +74,13 @@ class Quantize(Operator):
     exclusive = "quantized"
 
     def __init__(
-        self, dtype="int8", mode="qat", activations=True, range_decay=0.99, include=None, exclude=None
+        self,
+        dtype="int8",
+        mode="qat",
+        activations=True,
+        range_decay=0.99,
+        include=None,
+        exclude=None,
     ):
         super().__init__(include=include, exclude=exclude)
         if mode not in MODES:
@@ -192,7 +198,8 @@ class Quantize(Operator):
         if any(True for _ in masking.iter_wrappers(model)):
             raise ValueError(
                 "Post-training quantization applies to a plain model: strip the compressed model "
-                f"first, e.g. kc.Quantize({self.dtype!r}, mode='post_training').apply(kc.strip(model))."
+                f"first, e.g. kc.Quantize({self.dtype!r}, mode='post_training')"
+                ".apply(kc.strip(model))."
             )
         copied = surgery.unwrap(model)
         try:

@@ -57,7 +57,9 @@ class _ChannelPrune(PruningOperator):
     ):
         super().__init__(density, schedule=schedule, include=include, exclude=exclude)
         masks.check_criterion(criterion)
-        if align is not None and (isinstance(align, bool) or not isinstance(align, int) or align < 1):
+        if align is not None and (
+            isinstance(align, bool) or not isinstance(align, int) or align < 1
+        ):
             raise ValueError(f"align must be a positive int or None. Received: align={align!r}")
         scope = scope or self.default_scope
         check_scope(scope)
@@ -152,14 +154,18 @@ class _ChannelPrune(PruningOperator):
         """
         units, by_group, followers, scales = [], {}, [], {}
         # A layer nested in a custom layer is outside the model's graph: scored on its own.
-        for wrapper, spec, paths, current in ((i.wrapper, i.spec, i.paths, i.values) for i in items):
+        for wrapper, spec, paths, current in (
+            (i.wrapper, i.spec, i.paths, i.values) for i in items
+        ):
             nested = spec is not None and spec.prefix
             layout = graph.channels_of(wrapper) if graph is not None and not nested else None
             if isinstance(wrapper.layer, _FOLLOWERS) and layout is not None:
                 followers.append((wrapper, layout, paths, current))
                 if graph.previous(wrapper) is not None:
                     scales[id(graph.previous(wrapper))] = _batchnorm_scale(wrapper.layer, current)
-        for wrapper, spec, paths, current in ((i.wrapper, i.spec, i.paths, i.values) for i in items):
+        for wrapper, spec, paths, current in (
+            (i.wrapper, i.spec, i.paths, i.values) for i in items
+        ):
             if isinstance(wrapper.layer, _FOLLOWERS):
                 continue
             score = masks.channel_scores(

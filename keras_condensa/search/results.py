@@ -7,7 +7,7 @@ feasible trials cheapest first, then the rest, closest to the floor first.
 
 import math
 
-from keras_condensa.search.oracle import trial_metric
+from keras_condensa.search.constraint import trial_metric
 
 _COMPLETED = "COMPLETED"
 

@@ -23,7 +23,7 @@ from keras_condensa.operators import (
     Quantize,
     StructurePrune,
 )
-from keras_condensa.search.oracle import trial_metric
+from keras_condensa.search.constraint import trial_metric
 from keras_condensa.search.tuner import CompressionTuner
 from keras_condensa.summary import summary as model_summary
 from keras_condensa.workflows.deploy import export_measured
@@ -41,16 +41,6 @@ PRUNE_KINDS = {
     "filter": FilterPrune,
     "structure": StructurePrune,
 }
-_METRICS = (
-    "val_accuracy",
-    "nonzero_params",
-    "params",
-    "density",
-    "tflite_bytes",
-    "tflite_gzip_bytes",
-    "litert_latency_ms",
-    "keras_latency_ms",
-)
 
 
 class SearchSetupError(ValueError):
@@ -145,7 +135,7 @@ def trial_rows(tuner):
             "status": str(trial.status),
             "hyperparameters": dict(trial.hyperparameters.values),
         }
-        row.update({name: trial_metric(trial, name) for name in _METRICS})
+        row.update({name: trial_metric(trial, name) for name in report.METRIC_COLUMNS})
         row["feasible"] = bool(tuner.is_feasible(trial))
         row["best"] = trial.trial_id == best_id
         rows.append(row)

@@ -23,8 +23,8 @@ from keras_tuner import errors as kt_errors
 from keras_condensa.bench import keras_latency_ms
 from keras_condensa.search import project, results
 from keras_condensa.search.arguments import check_arguments, floor, to_objective, unpack
-from keras_condensa.search.constraint import Constraint
-from keras_condensa.search.oracle import ConstrainedBayesianOracle, trial_metric
+from keras_condensa.search.constraint import Constraint, trial_metric
+from keras_condensa.search.oracle import ConstrainedBayesianOracle
 from keras_condensa.summary import summary as model_summary
 from keras_condensa.workflows.deploy import export_measured
 from keras_condensa.workflows.files import save_model_atomically, write_json_atomically
