@@ -78,7 +78,9 @@ def _items(index, wrappers, raw):
             item = groups[key]
             item.paths += (path,)
             item.states[path] = wrapper.states[(index, path)]
-            value = raw.setdefault((id(wrapper), path), _numpy(wrapper.weight(path)))
+            if (id(wrapper), path) not in raw:
+                raw[(id(wrapper), path)] = _numpy(wrapper.weight(path))
+            value = raw[(id(wrapper), path)]
             before = chain[: chain.index(index)]
             if before:
                 value = ops.convert_to_tensor(value)
