@@ -6,11 +6,13 @@ metric (an accuracy floor), driven the standard Keras Tuner way;
 `CompressionTuner` runs the compression trials against it (or against any
 `keras_tuner.Oracle` given as `oracle=`). `keras_condensa.search.run` is the
 search workflow the command line and the demo share (results directory,
-best model, LiteRT file, report).
+best model, LiteRT file, report). `strategies` holds the oracle's strategies
+and the `propose` seam a new one plugs into.
 """
 
+from keras_condensa.search import strategies
 from keras_condensa.search.constraint import Constraint
 from keras_condensa.search.oracle import ConstrainedBayesianOracle
 from keras_condensa.search.tuner import CompressionTuner
 
-__all__ = ["CompressionTuner", "ConstrainedBayesianOracle", "Constraint"]
+__all__ = ["CompressionTuner", "ConstrainedBayesianOracle", "Constraint", "strategies"]
