@@ -7,7 +7,6 @@ import keras
 from keras_condensa import masking
 from keras_condensa.operators.base import Operator
 from keras_condensa.operators.compose import Compose
-from keras_condensa.updates import UpdateContext
 
 
 def scheme_of(model):
@@ -128,7 +127,7 @@ class UpdateMasks(keras.callbacks.Callback):
         for index, schedule in self._resolved.items():
             local = self._local(index, self._step)
             if schedule.should_prune(local):
-                due[index] = UpdateContext(self.model, step=local, schedule=schedule)
+                due[index] = (local, schedule)
                 self._reached[index] = schedule.sparsity(local)
         if due:
             masking.update(self.model, due)

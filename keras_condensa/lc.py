@@ -189,10 +189,7 @@ class _CStep(keras.callbacks.Callback):
             ]
             self.mu = min(self.mu * self.lc.mu_multiplier, self.lc.mu_cap)
         for ((trained, path), _), ti, li in zip(self.pairs, theta, self.lambdas, strict=True):
-            index = next(
-                i for i in trained.chains[path] if isinstance(trained.operators[i], LCPenalty)
-            )
-            state = trained.states[(index, path)]
+            state = trained.states[(0, path)]  # the penalty is the trained model's one operator
             state["target"].assign(ti + li / self.mu)
             state["mu"].assign(self.mu)
         self.mus.append(self.mu)

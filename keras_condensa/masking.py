@@ -1,5 +1,6 @@
 """Running operators' host-side updates over a wrapped model, and enforcing masks."""
 
+import functools
 import warnings
 
 import numpy as np
@@ -96,19 +97,17 @@ def _numpy(value):
 
 
 def updates_at_apply(model):
-    """`{operator index: UpdateContext}` for the operators that update when a scheme is applied.
+    """`{operator index: (None, None)}` for the operators that update when a scheme is applied.
 
     Those without a schedule (one-shot masks, like Condensa's); scheduled
     ones update during `fit` through `kc.callbacks`.
     """
     return {
-        index: UpdateContext(model)
-        for index, op in enumerate(operators_of(model))
-        if op.schedule is None
+        index: (None, None) for index, op in enumerate(operators_of(model)) if op.schedule is None
     }
 
 
-def update(model, contexts):
+def update(model, due):
     """Runs the `update` of some of `model`'s operators, in scheme order, and enforces masks.
 
     Each operator sees the weights as the operators before it leave them.
@@ -118,33 +117,30 @@ def update(model, contexts):
 
     Args:
         model: the wrapped model.
-        contexts: `{operator index: kc.operators.UpdateContext}`.
+        due: `{operator index: (step, schedule)}`: the schedule resolved for
+            this fit and its step, or `(None, None)` at `apply` time.
     """
     wrappers = list(iter_wrappers(model))
     if not wrappers:
         return
     operators = wrappers[0].operators
-    graph = []
 
-    def graph_fn():
-        if not graph:
-            graph.append(
-                dependency.DependencyGraph(model, on_unknown="skip")
-                if is_graph_model(model)
-                else None
-            )
-        return graph[0]
+    @functools.cache
+    def graph_fn():  # built once, and only when an operator reads `context.graph`
+        if not is_graph_model(model):
+            return None
+        return dependency.DependencyGraph(model, on_unknown="skip")
 
     raw, touched, assigned = {}, {}, {}
-    for index in sorted(contexts):
+    for index in sorted(due):
         op = operators[index]
         if getattr(op, "update", None) is None:
             continue  # no host-side state
         items = _items(index, wrappers, raw)
         if not items:
             continue
-        context = contexts[index]
-        context._graph_fn = graph_fn
+        step, schedule = due[index]
+        context = UpdateContext(model, step=step, schedule=schedule, graph_fn=graph_fn)
         op.update(items, context)
         assigned.update(context.assigned)
         for item in items:

@@ -36,6 +36,8 @@ class UpdateContext:
         step: the schedule's step (`None` at `apply` time).
         schedule: the operator's schedule resolved for this fit, or `None`.
         model: the wrapped model.
+
+    Made by `keras_condensa.masking.update`, which drives the updates.
     """
 
     def __init__(self, model, step=None, schedule=None, graph_fn=None):

@@ -200,7 +200,7 @@ class CompressionWrapper(keras.layers.Wrapper):
                 _copy_state(state, other.states[key])
         for index, state in self.layer_states.items():
             if index in indices:
-                self.operators[index].copy_layer_state(state, other.layer_states[index])
+                _copy_state(state, other.layer_states[index])
 
     # -- forward pass ----------------------------------------------------------
     def call(self, inputs, *args, training=None, **kwargs):

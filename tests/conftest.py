@@ -75,3 +75,22 @@ def activation_state(wrapper):
 def activation_places(wrapper):
     """Where `wrapper` quantizes activations: a tuple of "input", "activation", "output"."""
     return activation_state(wrapper).get("places", ())
+
+
+def trained_mlp(digits, epochs):
+    """A 64-32-10 model (logits), compiled with Adam 3e-3 and trained `epochs` on digits."""
+    x_train, y_train, _, _ = digits
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(32, activation="relu", name="fc1"),
+            keras.layers.Dense(10, name="logits"),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(x_train, y_train, epochs=epochs, batch_size=64, verbose=0)
+    return model

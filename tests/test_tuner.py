@@ -6,6 +6,7 @@ import keras
 import keras_tuner
 import numpy as np
 import pytest
+from conftest import trained_mlp
 
 import keras_condensa as kc
 from keras_condensa.search.tuner import CompressionTuner
@@ -19,20 +20,7 @@ def _density_scheme(hp):
 def dense(digits):
     """A trained 64-32-10 model (logits), compiled, and its data."""
     x_train, y_train, x_val, y_val = digits
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((64,)),
-            keras.layers.Dense(32, activation="relu", name="fc1"),
-            keras.layers.Dense(10, name="logits"),
-        ]
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(3e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    model.fit(x_train, y_train, epochs=12, batch_size=64, verbose=0)
-    return model, (x_train, y_train), (x_val, y_val)
+    return trained_mlp(digits, epochs=12), (x_train, y_train), (x_val, y_val)
 
 
 def _tuner(dense, tmp_path, **kwargs):

@@ -8,6 +8,7 @@ import os
 import keras
 import numpy as np
 import pytest
+from conftest import trained_mlp
 
 import keras_condensa as kc
 from keras_condensa import report, scheme_grammar
@@ -18,20 +19,7 @@ from keras_condensa.workflows.measure import accuracy, looks_like_probabilities
 
 @pytest.fixture(scope="module")
 def dense(digits):
-    x_train, y_train, x_val, y_val = digits
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((64,)),
-            keras.layers.Dense(32, activation="relu", name="fc1"),
-            keras.layers.Dense(10, name="logits"),
-        ]
-    )
-    model.compile(
-        keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    )
-    model.fit(x_train, y_train, epochs=8, batch_size=64, verbose=0)
-    return model, digits
+    return trained_mlp(digits, epochs=8), digits
 
 
 def test_mask_fine_tuning_returns_the_stripped_model_and_leaves_the_dense_one(dense):

@@ -12,7 +12,6 @@ import numbers
 
 import keras
 import numpy as np
-from keras import ops
 
 from keras_condensa import prunable
 
@@ -207,12 +206,6 @@ class Operator:
         `call` is the wrapped layer with transformed weights.
         """
         return call(inputs)
-
-    def copy_layer_state(self, state, source):
-        """Copies per-layer state values from `source` (the same state of another wrapper)."""
-        for key, value in (state or {}).items():
-            if hasattr(value, "assign"):
-                value.assign(ops.convert_to_numpy(source[key]))
 
     # -- scheme protocol --------------------------------------------------
     def operators(self):

@@ -116,12 +116,12 @@ class Quantize(Operator):
         return {"places": ["input", "output"]} if self.quantizes_activations else None
 
     def build_layer(self, wrapper, arguments):
-        places = tuple(p for p in PLACES if p in arguments.get("places", ()))
         if any(p not in PLACES for p in arguments.get("places", ())):
             raise ValueError(
                 f"The activation places of '{wrapper.layer.name}' must be among {PLACES}. "
                 f"Received: {arguments!r}"
             )
+        places = tuple(p for p in PLACES if p in arguments.get("places", ()))
 
         def variable(name, shape=(2,)):
             return wrapper.add_weight(name=name, shape=shape, initializer="zeros", trainable=False)
