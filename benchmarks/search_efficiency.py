@@ -31,6 +31,7 @@ Last, the oracle's own time to propose a trial with 50 completed trials.
 """
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -54,6 +55,8 @@ DENSE_EPOCHS = 30
 FINE_TUNE_EPOCHS = 10
 BATCH_SIZE = 64
 TOLERANCE = 0.01
+# "Close to the optimum": a density at most this many times the optimum's.
+CLOSE = 1.5
 SEEDS = 20
 MAX_TRIALS = 10
 
@@ -161,44 +164,110 @@ def record(path=CURVE_PATH):
 
 
 class Curve:
-    """The recorded curve: accuracy and evaluation noise as functions of density."""
+    """The recorded curve: accuracy and evaluation noise as functions of density.
+
+    As a search problem: one hyperparameter, `density`.
+    """
+
+    name = "1-D: density"
 
     def __init__(self, path=CURVE_PATH):
         data = json.loads(pathlib.Path(path).read_text())
         self.data = data
         points = sorted(data["points"], key=lambda p: p["density"])
         self.log_d = np.log([p["density"] for p in points])
-        self.accuracy = np.array([p["val_accuracy"] for p in points])
+        self.accuracies = np.array([p["val_accuracy"] for p in points])
         repeats = sorted(data["repeats"], key=lambda r: r["density"])
         self.noise_log_d = np.log([r["density"] for r in repeats])
         self.noise_std = np.array([np.std(r["val_accuracy"], ddof=1) for r in repeats])
         self.dense_accuracy = float(data["dense_val_accuracy"])
         self.kernel_weights = int(data["kernel_weights"])
 
-    def __call__(self, density):
+    def at(self, density):
         """Noise-free accuracy, linear between recorded points in log-density."""
-        return float(np.interp(np.log(density), self.log_d, self.accuracy))
+        return float(np.interp(np.log(density), self.log_d, self.accuracies))
 
-    def noise(self, density):
+    def noise_at(self, density):
         """Evaluation noise (std of repeated fine-tunings), interpolated in log-density."""
         return float(np.interp(np.log(density), self.noise_log_d, self.noise_std))
+
+    def space(self):
+        import keras_tuner  # noqa: PLC0415
+
+        hp = keras_tuner.HyperParameters()
+        hp.Float("density", MIN_DENSITY, MAX_DENSITY, sampling="log")
+        return hp
+
+    def density(self, values):
+        return float(values["density"])
+
+    def accuracy(self, values):
+        return self.at(self.density(values))
+
+    def noise(self, values):
+        return self.noise_at(self.density(values))
 
     def optimum(self, floor):
         """The lowest density whose (interpolated) accuracy meets the floor."""
         grid = np.geomspace(MIN_DENSITY, MAX_DENSITY, 200_001)
-        ok = np.interp(np.log(grid), self.log_d, self.accuracy) >= floor
+        ok = np.interp(np.log(grid), self.log_d, self.accuracies) >= floor
         return float(grid[np.argmax(ok)]) if ok.any() else None
 
 
-def _space():
-    import keras_tuner  # noqa: PLC0415
+class Surface:
+    """Per-layer densities of LeNet-300-100's two largest kernels, from the recorded curve.
 
-    hp = keras_tuner.HyperParameters()
-    hp.Float("density", MIN_DENSITY, MAX_DENSITY, sampling="log")
-    return hp
+    Two hyperparameters, `fc1_density` (64x300 kernel) and `fc2_density`
+    (300x100). The model's accuracy is the recorded curve's at an effective
+    density, the geometric mean of the two weighted by how sensitive the
+    layers are (`SENSITIVITY`: fc1, the smaller layer, matters more); the
+    noise is the curve's there. The cost is the overall kernel density (fc3
+    kept dense), so the optimum prunes the large, less sensitive fc2 harder.
+    """
+
+    name = "2-D: per-layer densities"
+    SIZES = {"fc1_density": 64 * 300, "fc2_density": 300 * 100}
+    SENSITIVITY = {"fc1_density": 0.6, "fc2_density": 0.4}
+
+    def __init__(self, curve):
+        self.curve = curve
+        self.dense_accuracy = curve.dense_accuracy
+        self.kernel_weights = curve.kernel_weights
+        self._dense = self.kernel_weights - sum(self.SIZES.values())
+
+    def space(self):
+        import keras_tuner  # noqa: PLC0415
+
+        hp = keras_tuner.HyperParameters()
+        for name in self.SIZES:
+            hp.Float(name, MIN_DENSITY, MAX_DENSITY, sampling="log")
+        return hp
+
+    def _effective(self, values):
+        return float(np.exp(sum(w * np.log(values[k]) for k, w in self.SENSITIVITY.items())))
+
+    def density(self, values):
+        nonzeros = self._dense + sum(values[k] * n for k, n in self.SIZES.items())
+        return float(nonzeros / self.kernel_weights)
+
+    def accuracy(self, values):
+        return self.curve.at(self._effective(values))
+
+    def noise(self, values):
+        return self.curve.noise_at(self._effective(values))
+
+    def optimum(self, floor):
+        """The lowest density (cost) over a fine grid of the two densities that meets the floor."""
+        grid = np.geomspace(MIN_DENSITY, MAX_DENSITY, 1201)
+        d1, d2 = np.meshgrid(grid, grid, indexing="ij")
+        values = {"fc1_density": d1, "fc2_density": d2}
+        effective = np.exp(sum(w * np.log(values[k]) for k, w in self.SENSITIVITY.items()))
+        ok = np.interp(np.log(effective), self.curve.log_d, self.curve.accuracies) >= floor
+        nonzeros = self._dense + sum(values[k] * n for k, n in self.SIZES.items())
+        return float(nonzeros[ok].min() / self.kernel_weights) if ok.any() else None
 
 
-def make_ours(floor, seed, max_trials=MAX_TRIALS):
+def make_ours(floor, seed, max_trials, space, confidence=0.9):
     import keras_tuner  # noqa: PLC0415
 
     import keras_condensa.search as search  # noqa: PLC0415
@@ -206,29 +275,30 @@ def make_ours(floor, seed, max_trials=MAX_TRIALS):
     return search.ConstrainedBayesianOracle(
         objective=keras_tuner.Objective("nonzero_params", "min"),
         constraint=search.Constraint("val_accuracy", min_value=floor),
-        hyperparameters=_space(),
+        hyperparameters=space,
         max_trials=max_trials,
         seed=seed + 1,
+        confidence=confidence,
     )
 
 
-def make_kt_bayesian(floor, seed, max_trials=MAX_TRIALS):
+def make_kt_bayesian(floor, seed, max_trials, space):
     import keras_tuner  # noqa: PLC0415
 
     return keras_tuner.oracles.BayesianOptimizationOracle(
         objective=keras_tuner.Objective("penalised", "min"),
-        hyperparameters=_space(),
+        hyperparameters=space,
         max_trials=max_trials,
         seed=seed + 1,
     )
 
 
-def make_kt_random(floor, seed, max_trials=MAX_TRIALS):
+def make_kt_random(floor, seed, max_trials, space):
     import keras_tuner  # noqa: PLC0415
 
     return keras_tuner.oracles.RandomSearchOracle(
         objective=keras_tuner.Objective("penalised", "min"),
-        hyperparameters=_space(),
+        hyperparameters=space,
         max_trials=max_trials,
         seed=seed + 1,
     )
@@ -246,22 +316,33 @@ def penalised(density, accuracy, floor):
     return density if accuracy >= floor else 1.0 + 10.0 * (floor - accuracy)
 
 
-def run_search(make, curve, floor, seed, max_trials=MAX_TRIALS):
-    """Drives one oracle the standard Keras Tuner way; returns [(density, observed acc)]."""
+def run_search(make, problem, floor, seed, max_trials=MAX_TRIALS):
+    """Drives one oracle the standard Keras Tuner way.
+
+    `problem` is a `Curve` (one density) or a `Surface` (per-layer
+    densities): it turns a trial's hyperparameter values into a density
+    (the cost), a noise-free accuracy and the noise of one reading.
+
+    Returns:
+        `(history, answers)`: `[(density, observed accuracy)]` per trial, and
+        the hyperparameter values of `oracle.get_best_trials(1)[0]` after
+        each trial (the model the search would hand back if it ended there).
+    """
     rng = np.random.default_rng(10_000 + seed)
-    history = []
+    history, answers = [], []
     with tempfile.TemporaryDirectory() as directory:
-        oracle = make(floor, seed, max_trials)
+        oracle = make(floor, seed, max_trials, problem.space())
         oracle._set_project_dir(directory, "search")
         oracle.verbose = 0
         for _ in range(max_trials):
             trial = oracle.create_trial("tuner0")
             if trial.status != "RUNNING":
                 break
-            density = float(trial.hyperparameters.get("density"))
-            accuracy = curve(density) + rng.normal(0.0, curve.noise(density))
+            values = trial.hyperparameters.values
+            density = problem.density(values)
+            accuracy = problem.accuracy(values) + rng.normal(0.0, problem.noise(values))
             metrics = {
-                "nonzero_params": density * curve.kernel_weights,
+                "nonzero_params": density * problem.kernel_weights,
                 "val_accuracy": accuracy,
                 "penalised": penalised(density, accuracy, floor),
             }
@@ -269,31 +350,31 @@ def run_search(make, curve, floor, seed, max_trials=MAX_TRIALS):
             trial.status = "COMPLETED"
             oracle.end_trial(trial)
             history.append((density, accuracy))
-    return history
+            answers.append(dict(oracle.get_best_trials(1)[0].hyperparameters.values))
+    return history, answers
 
 
-def first_hit(history, floor, optimum, tolerance=TOLERANCE):
-    """1-based trial after which the best feasible trial is within `tolerance`; or None."""
-    best = None
-    for k, (density, accuracy) in enumerate(history, start=1):
-        if accuracy >= floor and (best is None or density < best):
-            best = density
-        if best is not None and abs(best - optimum) <= tolerance:
-            return k
-    return None
+def answer_after(answers, k):
+    """The answer after `k` trials (the last one if the search ended sooner)."""
+    return answers[min(k, len(answers)) - 1]
 
 
-def hit_within(history, floor, optimum, k, tolerance=TOLERANCE, curve=None):
-    """Whether the best observed-feasible of the first `k` trials is within `tolerance`.
+def truly(problem, floor, optimum_cost, answer, ratio=None):
+    """Whether `answer` meets the floor on the noise-free problem (and costs <= ratio x optimum)."""
+    ok = problem.accuracy(answer) >= floor
+    if ratio is not None:
+        ok = ok and problem.density(answer) <= ratio * optimum_cost
+    return ok
 
-    With `curve`, that trial must also meet the floor on the noise-free curve:
-    a noisy reading can make a density just below the optimum look feasible
-    (the winner's curse), which the plain count takes as a success.
+
+def located(history, floor, optimum, k, tolerance=TOLERANCE):
+    """Whether the lowest density that read feasible in the first `k` trials is within `tolerance`.
+
+    The boundary was found; whether the search returns that trial (a lucky
+    reading just below the optimum reads feasible too) is what `truly` asks.
     """
     feasible = [d for d, a in history[:k] if a >= floor]
-    if not feasible or abs(min(feasible) - optimum) > tolerance:
-        return False
-    return curve is None or curve(min(feasible)) >= floor
+    return bool(feasible) and abs(min(feasible) - optimum) <= tolerance
 
 
 def _three_dimensional_space():
@@ -320,7 +401,7 @@ def propose_seconds(curve, space="density", completed=50, repeats=7):
     oracle = search.ConstrainedBayesianOracle(
         objective=keras_tuner.Objective("nonzero_params", "min"),
         constraint=search.Constraint("val_accuracy", min_value=floor),
-        hyperparameters=_space() if space == "density" else _three_dimensional_space(),
+        hyperparameters=curve.space() if space == "density" else _three_dimensional_space(),
         max_trials=completed + 10,
         num_initial_points=completed,  # fill quickly with design points
         seed=0,
@@ -335,7 +416,7 @@ def propose_seconds(curve, space="density", completed=50, repeats=7):
             density = values["density"]
         else:
             density = sum(values[k] * share for k, share in sizes.items())
-        accuracy = curve(density) + rng.normal(0.0, curve.noise(density))
+        accuracy = curve.at(density) + rng.normal(0.0, curve.noise_at(density))
         if values.get("scheme") == "block":
             accuracy -= 0.01
         oracle.update_trial(
@@ -353,7 +434,38 @@ def propose_seconds(curve, space="density", completed=50, repeats=7):
     return float(np.median(times)), times
 
 
-def benchmark(oracle_names, seeds):
+def _row(name, make, problem, floor, seeds, one_dimensional):
+    """One table row: the shares of seeds whose answer truly meets the floor, and more."""
+    optimum = problem.optimum(floor)
+    start = time.time()
+    counts = dict.fromkeys(("located", "truly6", "close6", "truly10", "close10"), 0)
+    lengths = []
+    for seed in seeds:
+        history, answers = run_search(make, problem, floor, seed)
+        lengths.append(len(history))
+        if one_dimensional:
+            counts["located"] += located(history, floor, optimum, MAX_TRIALS)
+        for k in (6, 10):
+            answer = answer_after(answers, k)
+            counts[f"truly{k}"] += truly(problem, floor, optimum, answer)
+            counts[f"close{k}"] += truly(problem, floor, optimum, answer, ratio=CLOSE)
+    shares = {key: f"{value / len(seeds):.0%}" for key, value in counts.items()}
+    if not one_dimensional:
+        shares["located"] = "-"
+    return (
+        f"  {name:34s} {shares['located']:>8s} {shares['truly6']:>8s} {shares['close6']:>8s} "
+        f"{shares['truly10']:>9s} {shares['close10']:>9s} {np.mean(lengths):>7.1f} "
+        f"{(time.time() - start) / len(seeds):>6.2f}"
+    )
+
+
+HEADER = (
+    f"  {'oracle':34s} {'located':>8s} {'truly@6':>8s} {'<=1.5x@6':>8s} "
+    f"{'truly@10':>9s} {'<=1.5x@10':>9s} {'trials':>7s} {'s/run':>6s}"
+)
+
+
+def benchmark(oracle_names, seeds, confidences, problem_names=("1-D", "2-D")):
     curve = Curve()
     print(f"curve: {CURVE_PATH.relative_to(HERE.parent)}")
     print(
@@ -363,42 +475,39 @@ def benchmark(oracle_names, seeds):
             for ld, s in zip(curve.noise_log_d, curve.noise_std, strict=True)
         )
     )
-    floors = {
-        "dense - 1 point": curve.dense_accuracy - 0.01,
-        "dense - 0.5 point": curve.dense_accuracy - 0.005,
-    }
-    for label, floor in floors.items():
-        optimum = curve.optimum(floor)
-        print()
-        print(
-            f"floor {floor:.4f} ({label}): optimum density {optimum:.4f}; success = best "
-            f"feasible trial within {TOLERANCE} of it ({seeds} seeds, {MAX_TRIALS} trials)"
-        )
-        header = (
-            f"  {'oracle':34s} {'<=6 trials':>10s} {'<=10 trials':>11s} "
-            f"{'<=10 truly':>10s} {'mean trials to hit':>19s} {'trials run':>10s} {'s/run':>6s}"
-        )
-        print(header)
-        print("  " + "-" * (len(header) - 2))
-        for name in oracle_names:
-            make = ORACLES[name]
-            start = time.time()
-            hits6 = hits10 = truly10 = 0
-            firsts, lengths = [], []
-            for seed in range(seeds):
-                history = run_search(make, curve, floor, seed)
-                hits6 += hit_within(history, floor, optimum, 6)
-                hits10 += hit_within(history, floor, optimum, 10)
-                truly10 += hit_within(history, floor, optimum, 10, curve=curve)
-                firsts.append(first_hit(history, floor, optimum))
-                lengths.append(len(history))
-            reached = [f for f in firsts if f is not None]
-            mean = f"{np.mean(reached):.1f} ({len(reached)}/{seeds})" if reached else "never"
+    print(
+        f"Columns ({len(seeds)} seeds from {seeds[0]}, {MAX_TRIALS} trials, replicates "
+        "counted as trials): "
+        f"'located': the lowest density that read feasible is within {TOLERANCE} of the "
+        "optimum (1-D); 'truly@k': the model oracle.get_best_trials(1) returns after k "
+        "trials meets the floor on the noise-free curve; '<=1.5x@k': and its density is at "
+        f"most {CLOSE}x the optimum's; 'trials': mean trials run (ours may stop early)."
+    )
+    problems = [p for p in (curve, Surface(curve)) if p.name.split(":")[0] in problem_names]
+    for problem in problems:
+        for label, drop in (("dense - 1 point", 0.01), ("dense - 0.5 point", 0.005)):
+            floor = curve.dense_accuracy - drop
+            print()
             print(
-                f"  {name:34s} {hits6 / seeds:>10.0%} {hits10 / seeds:>11.0%} "
-                f"{truly10 / seeds:>10.0%} {mean:>19s} {np.mean(lengths):>10.1f} "
-                f"{(time.time() - start) / seeds:>6.2f}"
+                f"{problem.name}, floor {floor:.4f} ({label}): optimum density "
+                f"{problem.optimum(floor):.4f}"
             )
+            print(HEADER)
+            print("  " + "-" * (len(HEADER) - 2))
+            for name in oracle_names:
+                print(_row(name, ORACLES[name], problem, floor, seeds, problem is curve))
+    if confidences:
+        print()
+        print("ConstrainedBayesianOracle(confidence=...): what each confidence gets and costs")
+        for problem in problems:
+            for label, drop in (("dense - 1 point", 0.01), ("dense - 0.5 point", 0.005)):
+                floor = curve.dense_accuracy - drop
+                print(f"{problem.name}, floor {label}")
+                print(HEADER.replace("oracle    ", "confidence"))
+                for confidence in confidences:
+                    make = functools.partial(make_ours, confidence=confidence)
+                    row = _row(f"{confidence:g}", make, problem, floor, seeds, problem is curve)
+                    print(row)
     print()
     print("ConstrainedBayesianOracle: time to propose a trial with 50 completed trials")
     for space in ("density", "3-D"):
@@ -415,7 +524,18 @@ def main():
     parser.add_argument("--record", action="store_true", help="re-record the curve")
     parser.add_argument("--seeds", type=int, default=SEEDS, help="searches per oracle and floor")
     parser.add_argument(
+        "--first-seed", type=int, default=0, help="the first seed (tuning used 100-159)"
+    )
+    parser.add_argument(
+        "--problems", default="1-D,2-D", help="comma-separated: 1-D (density), 2-D (per layer)"
+    )
+    parser.add_argument(
         "--ours-only", action="store_true", help="skip Keras Tuner's oracles (faster)"
+    )
+    parser.add_argument(
+        "--confidences",
+        default="0.8,0.9,0.95",
+        help="comma-separated confidences of ours to compare ('' for none)",
     )
     args = parser.parse_args()
     if args.record:
@@ -423,7 +543,9 @@ def main():
         return
     warnings.filterwarnings("ignore")
     names = list(ORACLES)[:1] if args.ours_only else list(ORACLES)
-    benchmark(names, args.seeds)
+    confidences = [float(c) for c in args.confidences.split(",") if c]
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    benchmark(names, seeds, confidences, args.problems.split(","))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from keras_condensa.cli_checks import (
     check_compress_args,
     check_paths,
     check_search_args,
+    confidence,
     fraction,
     int_at_least,
     load_data,
@@ -117,6 +118,7 @@ def cmd_search(args, out):
         epochs=args.epochs,
         max_drop=args.max_drop,
         accuracy_floor=args.accuracy_floor,
+        confidence=args.confidence,
         fine_tune=args.fine_tune,
         shrink=args.prune != "unstructured",
         quantize=None if args.quantize == "none" else args.quantize,
@@ -312,11 +314,24 @@ def build_parser():
         "refused unless --overwrite.",
     )
     p.add_argument("model", help="the trained .keras model")
-    p.add_argument("--data", required=True, help=".npz with x_train, y_train, x_val, y_val")
+    p.add_argument(
+        "--data",
+        required=True,
+        help=".npz with x_train, y_train, x_val, y_val, and optionally x_test, y_test (the "
+        "held-out check: does the returned model meet the floor on data the search never saw?)",
+    )
     floor = p.add_mutually_exclusive_group(required=True)
     floor.add_argument("--accuracy-floor", type=fraction, help="absolute validation accuracy floor")
     floor.add_argument(
         "--max-drop", type=fraction, help="floor = dense validation accuracy minus this (e.g. 0.01)"
+    )
+    p.add_argument(
+        "--confidence",
+        type=confidence,
+        default=0.9,
+        help="how sure the search must be that the model it returns meets the floor, a "
+        "probability in [0.5, 1) (default 0.9): its accuracy is estimated from all readings "
+        "and their measured noise, not from one lucky reading",
     )
     p.add_argument(
         "--objective",

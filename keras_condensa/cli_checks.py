@@ -53,6 +53,20 @@ def int_at_least(minimum):
     return parse
 
 
+def confidence(text):
+    """An argparse type: a probability in [0.5, 1) (`--confidence`)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0.5 <= value < 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(
+            f"must be a probability in [0.5, 1), e.g. 0.9 (how sure the search must be that "
+            f"the model it returns meets the floor), got {text}"
+        )
+    return value
+
+
 def fraction(text):
     """An argparse type: a number in [0, 1]."""
     try:
@@ -261,6 +275,11 @@ def load_data(path, model=None, require_labels=True):
         raise UsageError(
             f"{path} lacks the arrays {', '.join(missing)}; a --data .npz holds "
             f"{', '.join(_DATA_KEYS)} (optionally x_test, y_test). Found: {sorted(data) or 'none'}"
+        )
+    if require_labels and ("x_test" in data) != ("y_test" in data):
+        given, lacking = ("x_test", "y_test") if "x_test" in data else ("y_test", "x_test")
+        raise UsageError(
+            f"{path} holds {given} without {lacking}: the held-out check needs both (or neither)"
         )
     for split in ("train", "val", "test"):
         x, y = data.get(f"x_{split}"), data.get(f"y_{split}")

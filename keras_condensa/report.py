@@ -22,12 +22,26 @@ METRIC_COLUMNS = (
     "litert_latency_ms",
     "keras_latency_ms",
 )
+#: The search's estimate of a trial's accuracy: the noise-free value, its interval at
+#: the search's confidence, the probability it meets the floor, and the number of
+#: readings at the trial's values (empty where unknown).
+ESTIMATE_COLUMNS = ("estimate", "estimate_low", "estimate_high", "p_feasible", "readings")
 #: Columns of `trials.csv`, in order; each hyperparameter gets an `hp:NAME` column
 #: after `status` (a density, per-layer densities, bit-widths: whatever the scheme has).
-TRIAL_COLUMNS = ("trial", "status", *METRIC_COLUMNS, "feasible", "best")
+TRIAL_COLUMNS = ("trial", "status", *METRIC_COLUMNS, *ESTIMATE_COLUMNS, "feasible", "best")
 HP_PREFIX = "hp:"
+#: How many finalists (cheapest trials whose reading met the floor) `report.md` lists.
+FINALISTS = 5
 
-__all__ = ["METRIC_COLUMNS", "TRIAL_COLUMNS", "pareto_png", "report_markdown", "trials_csv"]
+__all__ = [
+    "ESTIMATE_COLUMNS",
+    "METRIC_COLUMNS",
+    "TRIAL_COLUMNS",
+    "held_out_text",
+    "pareto_png",
+    "report_markdown",
+    "trials_csv",
+]
 
 
 def hyperparameter_names(rows):
@@ -193,6 +207,113 @@ def _hyperparameters(row):
     return ", ".join(f"{name} {_fmt(value)}" for name, value in values.items()) or "-"
 
 
+def held_out_text(held_out):
+    """One sentence on a `check` result, for reports and the command line.
+
+    Args:
+        held_out: a dict from `keras_condensa.search.held_out.check`.
+
+    Returns:
+        A string, e.g. "the floor holds on the test data: test accuracy
+        0.9640 (trial 3) >= 0.9533 (dense test accuracy 0.9733 minus 0.02)".
+    """
+    if held_out["floor_kind"] == "relative":
+        how = (
+            f"dense test accuracy {held_out['dense_test_accuracy']:.4f} minus "
+            f"{held_out['max_accuracy_drop']:g}"
+        )
+    else:
+        how = f"the absolute floor; dense test accuracy {held_out['dense_test_accuracy']:.4f}"
+    verdict = "holds" if held_out["holds"] else "does NOT hold"
+    sign = ">=" if held_out["holds"] else "<"
+    return (
+        f"the floor {verdict} on the test data: test accuracy "
+        f"{held_out['test_accuracy']:.4f} (trial {int(held_out['trial'])}) {sign} "
+        f"{held_out['test_floor']:.4f} ({how})"
+    )
+
+
+def _interval(row):
+    """`0.9741 [0.9712, 0.9770]` from a row's estimate columns (`-` where unknown)."""
+    if row.get("estimate") is None:
+        return "-"
+    ends = (row.get("estimate_low"), row.get("estimate_high"))
+    return (
+        f"{row['estimate']:.4f} [" + ", ".join("-" if v is None else f"{v:.4f}" for v in ends) + "]"
+    )
+
+
+def _probability(row):
+    return "-" if row.get("p_feasible") is None else f"{row['p_feasible']:.3f}"
+
+
+def _noise_line(noise):
+    """The measured noise of one reading, in words, for the report's header."""
+    if not noise:
+        return "- noise of one val_accuracy reading: not measured"
+    how = {
+        "replicates": "measured from replicates",
+        "given": "given",
+        "model": "fitted to the readings (no replicate)",
+    }.get(noise.get("source"), noise.get("source"))
+    dof = "" if noise.get("dof") is None else f", {noise['dof']:g} degrees of freedom"
+    std = noise["std"]
+    return f"- noise of one val_accuracy reading: std {std:.4g} ({how}{dof})"
+
+
+def _estimate_sentence(best, confidence):
+    """How sure the search is that the chosen trial meets the floor."""
+    if best.get("estimate") is None:
+        return "No estimate of its accuracy beyond the reading."
+    sure = best["p_feasible"] >= confidence
+    return (
+        f"Estimated val_accuracy {_interval(best)} ({confidence:.0%} interval); "
+        f"P(val_accuracy >= floor) {_probability(best)}: "
+        + (
+            "feasible with confidence."
+            if sure
+            else f"**not** feasible with {confidence:.0%} confidence."
+        )
+    )
+
+
+def _finalists(rows, objective):
+    """The cheapest trials (up to `FINALISTS`) whose reading met the floor, as a table."""
+    met = [r for r in rows if r.get("feasible") and r.get(objective) is not None]
+    met = sorted(met, key=lambda r: r[objective])[:FINALISTS]
+    if not met:
+        return []
+    header = (
+        "trial",
+        "hyperparameters",
+        "val_accuracy",
+        "estimate [interval]",
+        "P(>=floor)",
+        "readings",
+        objective,
+    )
+    cells = [
+        (
+            r["trial"],
+            _hyperparameters(r),
+            _fmt(r.get("val_accuracy")),
+            _interval(r),
+            _probability(r),
+            _fmt(r.get("readings")),
+            _fmt(r.get(objective)),
+        )
+        for r in met
+    ]
+    return [
+        "## Finalists",
+        "",
+        f"The cheapest trials whose reading met the floor (up to {FINALISTS}).",
+        "",
+        _table(header, cells),
+        "",
+    ]
+
+
 def report_markdown(info, rows, layers, png_name="pareto.png"):
     """The text of `report.md`.
 
@@ -201,8 +322,10 @@ def report_markdown(info, rows, layers, png_name="pareto.png"):
             `best` (a trial row or None), `exported` (dict of `bytes`,
             `gzip_bytes`, `top1_agreement`, `max_abs_error`, `p50_ms` or
             None), `backend`, `elapsed_s`, and optionally `prune` (the
-            search's structure kind; "unstructured" when absent) and
-            `stop_reason` with `max_trials` (why the search ended early).
+            search's structure kind; "unstructured" when absent),
+            `stop_reason` with `max_trials` (why the search ended early),
+            `confidence`, `noise` (a dict of `std`, `dof`, `source`) and
+            `held_out` (a `search.held_out.check` result or None).
         rows: trial dicts (see `TRIAL_COLUMNS`), each with its
             `hyperparameters` dict (any names and values).
         layers: per-layer rows of the best model: dicts with `name`,
@@ -229,6 +352,11 @@ def report_markdown(info, rows, layers, png_name="pareto.png"):
             f"- ended after {len(rows)} of {info.get('max_trials', '-')} trials: "
             f"{info['stop_reason']}"
         )
+    if info.get("confidence") is not None:
+        out.append(f"- confidence: {info['confidence']:g}")
+        out.append(_noise_line(info.get("noise")))
+    if info.get("held_out"):
+        out.append(f"- held-out check: {held_out_text(info['held_out'])}")
     if info.get("elapsed_s") is not None:
         out.append(f"- wall time: {info['elapsed_s']:.1f} s")
     out.append("")
@@ -241,7 +369,12 @@ def report_markdown(info, rows, layers, png_name="pareto.png"):
             "",
             f"Trial {best['trial']}: {_kind(info)}, {_hyperparameters(best)}; "
             f"val_accuracy {_fmt(best.get('val_accuracy'))} ({feasible}), "
-            f"{objective} {_fmt(best.get(objective))}.",
+            f"{objective} {_fmt(best.get(objective))}."
+            + (
+                f" {_estimate_sentence(best, info['confidence'])}"
+                if info.get("confidence") is not None
+                else ""
+            ),
             "",
         ]
     exported = info.get("exported")
@@ -254,6 +387,7 @@ def report_markdown(info, rows, layers, png_name="pareto.png"):
             "",
         ]
     out += [f"![accuracy against {objective}]({png_name})", ""]
+    out += _finalists(rows, objective)
     if layers and all("dense_params" in r for r in layers):
         # A shrunk model has no zeros to count: what it lost is parameters.
         out += ["## Per-layer size of the chosen model against the dense one", ""]
@@ -290,13 +424,22 @@ def report_markdown(info, rows, layers, png_name="pareto.png"):
         "status",
         *hps,
         "val_accuracy",
+        "estimate [interval]",
+        "P(>=floor)",
+        "readings",
         "nonzero_params",
         objective,
         "feasible",
         "best",
     )
     columns = tuple(dict.fromkeys(columns))
+    derived = {"estimate [interval]": _interval, "P(>=floor)": _probability}
     flat = [_flat(r) for r in rows]
-    out.append(_table(columns, [[_fmt(r.get(c)) for c in columns] for r in flat]))
+    out.append(
+        _table(
+            columns,
+            [[derived[c](r) if c in derived else _fmt(r.get(c)) for c in columns] for r in flat],
+        )
+    )
     out.append("")
     return "\n".join(out)

@@ -384,3 +384,36 @@ def test_search_structured_with_qat_exits_2(files, tmp_path, capsys):
     assert code == 2
     assert "--prune filter" in _error_lines(capsys)[-1]
     assert not out.exists()
+
+
+def test_search_checks_the_answer_on_held_out_test_data(files, tmp_path, capsys):
+    x_train, y_train, x_val, y_val = files["digits"]
+    data = str(tmp_path / "with_test.npz")
+    np.savez(data, x_train=x_train, y_train=y_train, x_val=x_val[1::2], y_val=y_val[1::2],
+             x_test=x_val[::2], y_test=y_val[::2])
+    out = str(tmp_path / "run")
+    args = ["search", files["model"], "--data", data, "--max-drop", "0.05", "--max-trials",
+            "2", "--objective", "nonzero_params", "--out", out, "--quiet"]
+    assert cli.main([*args, "--confidence", "1.2"]) == 2
+    lines = _error_lines(capsys)
+    assert len(lines) == 1 and "--confidence" in lines[0] and "[0.5, 1)" in lines[0], lines
+    assert not os.path.exists(out)
+
+    assert cli.main([*args, "--confidence", "0.8", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    check = result["held_out"]
+    best = keras.saving.load_model(os.path.join(out, "best.keras"))
+    expected = np.mean(np.argmax(best.predict(x_val[::2], verbose=0), axis=-1) == y_val[::2])
+    assert check["test_accuracy"] == pytest.approx(expected)
+    assert check["holds"] == (check["test_accuracy"] >= check["test_floor"])
+    assert result["confidence"] == 0.8 and result["noise"]["std"] >= 0
+    assert 0 <= result["best"]["p_feasible"] <= 1 and result["best"]["readings"] >= 1
+    report = open(os.path.join(out, "report.md")).read()
+    assert f"- held-out check: the floor {'holds' if check['holds'] else 'does NOT hold'}" in (
+        report
+    )
+    assert f"test accuracy {check['test_accuracy']:.4f}" in report
+    assert "- confidence: 0.8" in report and "P(val_accuracy >= floor)" in report
+    with open(os.path.join(out, "trials.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert {"estimate", "estimate_low", "estimate_high", "p_feasible", "readings"} <= set(rows[0])

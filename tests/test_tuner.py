@@ -9,7 +9,7 @@ import pytest
 from conftest import trained_mlp
 
 import keras_condensa as kc
-from keras_condensa.search.tuner import CompressionTuner
+from keras_condensa.search.tuner import CompressionTuner, replicate_seed
 
 
 def _density_scheme(hp):
@@ -73,9 +73,15 @@ def test_search_finds_feasible_sparse_model(dense, tmp_path):
         np.testing.assert_array_equal(a, b)
 
     front = tuner.pareto()
-    assert front and front[0].trial_id == best.trial_id
     costs = [t.score for t in front]
-    assert costs == sorted(costs)
+    assert front and costs == sorted(costs)
+    # The answer: the cheapest trial feasible with confidence, if there is one;
+    # else the cheapest whose reading met the floor (the front's first).
+    done = [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED"]
+    sure = [t for t in done if tuner.feasibility(t).confident(tuner.confidence)]
+    expected = min(sure, key=lambda t: t.score) if sure else front[0]
+    assert best.trial_id == expected.trial_id
+    assert best.metrics.get_last_value("val_accuracy_std") > 0
     text = tuner.results_summary(print_fn=None)
     assert "val_accuracy" in text and "nonzero_params" in text and best.trial_id in text
 
@@ -334,3 +340,56 @@ def test_oracle_must_be_a_keras_tuner_oracle_with_the_same_objective(dense, tmp_
     )
     with pytest.raises(ValueError, match="differs from the oracle's"):
         _tuner(dense, tmp_path, oracle=oracle, objective="nonzero_params")
+
+
+def test_held_out_check_evaluates_the_returned_model_on_the_test_data(dense, tmp_path):
+    model, train, (x_val, y_val) = dense
+    test = (x_val[::2], y_val[::2])
+    tuner = _tuner(
+        dense,
+        tmp_path,
+        validation_data=(x_val[1::2], y_val[1::2]),
+        test_data=test,
+        max_trials=2,
+        fine_tune_epochs=1,
+        confidence=0.8,
+    )
+    assert tuner.oracle.confidence == 0.8
+    tuner.search()
+
+    check = tuner.held_out_check()
+    best = tuner.best_model()
+    expected = np.mean(np.argmax(best.predict(test[0], verbose=0), axis=-1) == test[1])
+    dense_test = np.mean(np.argmax(model.predict(test[0], verbose=0), axis=-1) == test[1])
+    assert check["trial"] == tuner.best_trial().trial_id
+    assert check["test_accuracy"] == pytest.approx(expected)
+    assert check["dense_test_accuracy"] == pytest.approx(dense_test)
+    assert check["test_floor"] == pytest.approx(dense_test - 0.03)
+    assert check["holds"] == (check["test_accuracy"] >= check["test_floor"])
+
+    # The table: the answer first, with its estimate, interval, probability and readings.
+    text = tuner.results_summary(print_fn=None)
+    header, _, first = text.splitlines()[1:4]
+    assert "confidence 0.8" in text.splitlines()[0] and "noise std" in text.splitlines()[0]
+    assert "estimate [0.8 interval]" in header and "P(>=floor)" in header
+    assert "readings" in header
+    assert first.split()[0] == tuner.best_trial().trial_id
+    estimate = tuner.feasibility(tuner.best_trial())
+    assert f"{estimate.mean:.4f} [" in first and f"{estimate.probability:.3f}" in first
+    assert 0.0 <= estimate.probability <= 1.0 and estimate.readings >= 1
+    assert _tuner(dense, tmp_path / "other", max_trials=1).held_out_check() is None
+    with pytest.raises(ValueError, match="confidence"):
+        _tuner(dense, tmp_path / "bad", confidence=1.0)
+
+
+def test_replicates_fine_tune_with_the_next_seeds():
+    def trial(trial_id, density):
+        hp = keras_tuner.HyperParameters()
+        hp.values["density"] = density
+        return keras_tuner.engine.trial.Trial(hyperparameters=hp, trial_id=trial_id)
+
+    trials = {t.trial_id: t for t in map(trial, ["0", "1", "2", "3"], [0.1, 0.2, 0.1, 0.1])}
+    seeds = [replicate_seed(5, t, trials) for _, t in sorted(trials.items())]
+    assert seeds == [5, 5, 6, 7]  # the k-th repeat of 0.1 fine-tunes with seed 5 + k
+    assert replicate_seed(None, trials["3"], trials) is None
+    assert replicate_seed(5, trials["3"], None) == 8  # no history: a seed per trial

@@ -149,65 +149,37 @@ def monotone_projection_1d(log_p, x, direction):
     return np.where(out > 1e-250, np.log(np.maximum(out, 1e-300)), np.asarray(log_p))
 
 
-def quadratic_level_step(u, values, level, lo, hi, noise_std, num_points=255, min_share=0.1):
-    """Where to split a bracket around a level set, from a local quadratic.
+def log_probability_of_confidence(mean, std, noise_std, level, quantile):
+    """Log-probability that one more reading makes a point feasible with confidence.
 
-    One step of a noisy 1-D root search: the least-squares quadratic through
-    the points near the bracket (with three, their interpolant: Brent's
-    inverse-quadratic interpolation, written forwards) models a metric that
-    rises with `u`; the step maximises the probability that a new evaluation
-    clears `level` times the distance below `hi`, the best feasible point so
-    far, that it would save (constrained expected improvement under that
-    model). The model's deviation is the evaluation noise propagated through
-    the fit plus the noise of the new evaluation itself, so the step keeps
-    away from the estimated root by about the model's uncertainty. A fourth
-    point or more averages the noise out of the estimated root instead of
-    passing one unlucky evaluation on to it. Where the model cannot tell the
-    points of a narrow bracket apart (its probability is flat), the saving
-    alone would put the step right above `lo`, an infeasible trial, where it
-    learns next to nothing; like Brent's safeguard, the step keeps
-    `min_share` of the bracket away from it.
+    The noise-free metric at a point has the posterior `N(mean, std**2)`; a
+    reading there, with noise `noise_std`, moves the posterior mean to
+    `N(mean, std**4 / (std**2 + noise_std**2))` (the preposterior) and
+    shrinks its deviation to `std * noise_std / sqrt(std**2 + noise_std**2)`.
+    The point is then feasible with confidence when the new mean clears
+    `level` by `quantile` new deviations. A one-step look-ahead in the spirit
+    of the knowledge gradient.
 
     Args:
-        u: `(n,)` coordinates of the points, at least three distinct.
-        values: `(n,)` the metric there, oriented to rise with `u` toward
-            feasibility (feasible means `>= level`).
+        mean: `(n,)` posterior means, oriented so that feasible is `>= level`.
+        std: `(n,)` posterior deviations of the noise-free metric (> 0).
+        noise_std: the deviation of one reading (> 0).
         level: the bound.
-        lo: the bracket's lower end (infeasible side).
-        hi: its upper end (the lowest feasible point).
-        noise_std: the evaluation noise's standard deviation (> 0).
-        num_points: interior grid points searched.
-        min_share: the least share of the bracket the step keeps above `lo`.
+        quantile: how many deviations above `level` confidence needs (e.g.
+            the 0.9 quantile of the estimate's distribution).
 
     Returns:
-        `(step, probability)`: the coordinate in `(lo, hi)` to evaluate next
-        and the model's probability that an evaluation there clears `level`;
-        or None if the quadratic is not increasing over the bracket (noise:
-        bisect instead).
+        An `(n,)` array of log-probabilities.
 
     Example:
 
-    >>> step, probability = quadratic_level_step(
-    ...     np.array([0.0, 0.5, 1.0]), np.array([0.0, 0.75, 1.0]), 0.5, 0.0, 0.5, 0.01)
-    >>> bool(0.29 < step < 0.5)  # the root is at 0.29; the step stays above it
-    True
-    >>> bool(0.5 < probability < 1.0)
+    >>> mean, std = np.array([0.5, 0.7]), np.array([0.1, 0.1])
+    >>> p = log_probability_of_confidence(mean, std, 0.1, 0.5, 1.28)
+    >>> bool(np.exp(p[0]) < 0.2 < np.exp(p[1]) < 1.0)
     True
     """
-    centre, scale = 0.5 * (lo + hi), max(hi - lo, _TINY)
-    design = np.vander((np.asarray(u, dtype=float) - centre) / scale, 3)
-    grid = np.linspace(lo, hi, num_points + 2)[1:-1]
-    at = np.vander((grid - centre) / scale, 3)
-    coef, *_ = np.linalg.lstsq(design, np.asarray(values, dtype=float), rcond=None)
-    mean = at @ coef
-    if np.any(np.diff(mean) < 0):
-        return None
-    # Variance of the fitted value per unit noise variance: the leverage of
-    # each grid point (the Lagrange basis' sum of squares for three points).
-    leverage = np.einsum("ij,jk,ik->i", at, np.linalg.pinv(design.T @ design), at)
-    std = noise_std * np.sqrt(1.0 + leverage)
-    log_p = log_probability_of_feasibility(mean, std, lower=level)
-    score = log_p + np.log(hi - grid)
-    score[grid < lo + min_share * (hi - lo)] = -np.inf
-    best = np.argmax(score)
-    return float(grid[best]), float(np.exp(log_p[best]))
+    var = np.maximum(np.asarray(std, dtype=float), _TINY) ** 2
+    total = var + noise_std**2
+    after = np.sqrt(var * noise_std**2 / total)
+    spread = var / np.sqrt(total)
+    return special.log_ndtr((np.asarray(mean, dtype=float) - level - quantile * after) / spread)

@@ -1,4 +1,5 @@
-"""`CompressionTuner`'s arguments: checked before any work, with errors that say the fix."""
+"""The search's arguments (the tuner's, the oracle's): checked before any work, with errors
+that say the fix."""
 
 import numbers
 
@@ -113,3 +114,25 @@ def floor(dense_accuracy, max_accuracy_drop, accuracy_floor):
             "Lower the floor, or train the dense model further."
         )
     return float(accuracy_floor)
+
+
+def check_objective(objective):
+    """Raises `ValueError` unless `objective` is one objective (the oracle's `objective=`)."""
+    if objective is None:
+        raise ValueError(
+            "`objective` is required: the cost to minimise under the constraint, "
+            'e.g. keras_tuner.Objective("tflite_bytes", "min"). Received: objective=None.'
+        )
+    if isinstance(objective, (list, tuple)) or hasattr(objective, "name_to_direction"):
+        raise ValueError(
+            "`objective` must be a single objective (one cost; the other metric goes "
+            f"in `constraint=`). Received: objective={objective!r}."
+        )
+
+
+def check_positive_int(name, value):
+    """Raises `ValueError` unless `value` is a positive integer (argument `name`)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(
+            f"`{name}` must be a positive integer (at least 1). Received: {name}={value!r}."
+        )

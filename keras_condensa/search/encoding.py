@@ -129,7 +129,18 @@ def is_ordered(hp):
     return isinstance(hp, (hp_types.Float, hp_types.Int))
 
 
-def encode_history(trials, running, space, constraint, objective, monotone, seed):
+def encode_history(
+    trials,
+    running,
+    space,
+    constraint,
+    objective,
+    monotone,
+    seed,
+    confidence=0.9,
+    noise=None,
+    max_trials=None,
+):
     """The trials as a `strategies.History`, in trial-id order (independent of file order).
 
     Completed trials whose objective (their score) or constrained metric is
@@ -143,6 +154,9 @@ def encode_history(trials, running, space, constraint, objective, monotone, seed
         objective: the `keras_tuner.Objective`.
         monotone: the oracle's `monotone` option.
         seed: the search's seed.
+        confidence: the oracle's `confidence`.
+        noise: the oracle's `noise` (None: measured).
+        max_trials: the oracle's `max_trials`.
 
     Returns:
         A `History`.
@@ -160,6 +174,9 @@ def encode_history(trials, running, space, constraint, objective, monotone, seed
     usable = np.isfinite(values) & np.isfinite(cost)
     completed = [t for t, ok in zip(completed, usable, strict=True) if ok]
     values, cost = values[usable], cost[usable]
+    errors = np.array(
+        [trial_metric(t, f"{constraint.name}_std", 0.0) for t in completed], dtype=float
+    )
     log_cost = bool(len(cost)) and bool(np.all(cost > 0))
     if log_cost:
         cost = np.log(cost)
@@ -167,6 +184,7 @@ def encode_history(trials, running, space, constraint, objective, monotone, seed
     return History(
         completed_x=space.encode(completed),
         constraint=values,
+        errors=errors,
         objective=sign * cost,
         feasible=np.array([constraint.is_satisfied(v) for v in values], dtype=bool),
         log_cost=log_cost,
@@ -178,4 +196,7 @@ def encode_history(trials, running, space, constraint, objective, monotone, seed
         monotone=monotone,
         seed=seed,
         num_trials=len(trials),
+        confidence=confidence,
+        noise=noise,
+        max_trials=max_trials,
     )

@@ -13,27 +13,28 @@ for distributed workers needs nothing else, and a reloaded oracle proposes
 exactly what an uninterrupted one would.
 """
 
-import numbers
-import os
 import warnings
 
 import keras_tuner
+import numpy as np
 from keras_tuner.engine import trial as trial_module
-from keras_tuner.src import utils as kt_utils
 
+from keras_condensa.search.arguments import check_objective, check_positive_int
+from keras_condensa.search.confidence import check_confidence
 from keras_condensa.search.constraint import Constraint, trial_metric
 from keras_condensa.search.encoding import Space, encode_history
+from keras_condensa.search.evidence import Evidence
 from keras_condensa.search.monotone import check_monotone
-from keras_condensa.search.strategies import Stop, default_strategies
+from keras_condensa.search.persistence import AtomicState
+from keras_condensa.search.strategies import Replicate, Stop, default_strategies
 from keras_condensa.search.strategies.base import ask, check_strategies
-from keras_condensa.workflows.files import write_json_atomically
 
 _RUNNING = trial_module.TrialStatus.RUNNING
 _STOPPED = trial_module.TrialStatus.STOPPED
 _COMPLETED = trial_module.TrialStatus.COMPLETED
 
 
-class ConstrainedBayesianOracle(keras_tuner.Oracle):
+class ConstrainedBayesianOracle(AtomicState, keras_tuner.Oracle):
     """Bayesian optimisation of an objective under a constraint on a metric.
 
     Minimises (or maximises) `objective` over the hyperparameter space among
@@ -41,6 +42,15 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
     fewest nonzero parameters with `val_accuracy >= 0.97`. Both metrics must be
     reported to `update_trial`. Infeasible trials stay in the data of the
     constraint's Gaussian process; failed trials are never proposed again.
+
+    Readings of the constrained metric are noisy, so the answer is the
+    cheapest trial that meets the constraint *with confidence*: the
+    probability that its noise-free value meets it, from a Gaussian process
+    of the readings whose noise is measured from replicates (trials run
+    again with the same values), is at least `confidence`
+    (`search.confidence`; `feasibility()` gives each trial's estimate). A
+    lucky reading just past the bound is not the answer. The search spends
+    some trials on replicates and on confirming the cheapest candidates.
 
     Without a project directory (a `Tuner` sets one), the oracle keeps its
     state in memory; `save()`/`reload()` need one.
@@ -75,6 +85,11 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
         tune_new_entries: as in `keras_tuner.Oracle`.
         max_retries_per_trial: as in `keras_tuner.Oracle`.
         max_consecutive_failed_trials: as in `keras_tuner.Oracle`.
+        confidence: the probability, in `[0.5, 1)`, with which the answer
+            must meet the constraint (default 0.9). 0.5 trusts the
+            estimated value itself.
+        noise: optional known standard deviation of one reading of the
+            constrained metric; by default it is measured from replicates.
         strategies: optional list of `strategies.Strategy`, asked in order
             where the next trial goes (the first that answers decides; see
             `keras_condensa.search.strategies`). Defaults to
@@ -89,8 +104,9 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
         ValueError: if `objective` is missing or several, `max_trials < 1`,
             `num_initial_points < 1`, `min_expected_saving` is not in
             `[0, 1)`, `monotone` names a direction other than +1, -1 or 0,
-            or `strategies` is given with `num_initial_points` or
-            `min_expected_saving`.
+            `strategies` is given with `num_initial_points` or
+            `min_expected_saving`, `confidence` is not in `[0.5, 1)` or
+            `noise` is not a positive number.
 
     Example:
 
@@ -126,15 +142,18 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
         max_retries_per_trial=0,
         max_consecutive_failed_trials=3,
         strategies=None,
+        confidence=0.9,
+        noise=None,
     ):
-        _check_objective(objective)
+        check_objective(objective)
+        check_confidence(confidence, noise)
         if not isinstance(constraint, Constraint):
             raise TypeError(
                 "`constraint` must be a `keras_condensa.search.Constraint`, e.g. "
                 'Constraint("val_accuracy", min_value=0.97). '
                 f"Received: constraint={constraint!r}."
             )
-        _check_positive_int("max_trials", max_trials)
+        check_positive_int("max_trials", max_trials)
         check_monotone(monotone)
         if strategies is None:
             strategies = default_strategies(num_initial_points, min_expected_saving)
@@ -170,6 +189,9 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
         self.monotone = dict(monotone) if isinstance(monotone, dict) else monotone
         self.min_expected_saving = float(min_expected_saving)
         self.strategies = check_strategies(strategies)
+        self.confidence = float(confidence)
+        self.noise = None if noise is None else float(noise)
+        self._evidence = Evidence(self.constraint, self.confidence, self.noise, self.seed)
         # Why the search ended before `max_trials`, if it did.
         self.stop_reason = None
         self._warned_infeasible = False
@@ -197,6 +219,8 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
         if isinstance(proposal, Stop):
             self.stop_reason = proposal.reason
             return {"status": _STOPPED, "values": None}
+        if isinstance(proposal, Replicate):
+            return {"status": _RUNNING, "values": self._values_at(space, proposal.point)}
         for point in proposal if proposal is not None else ():
             values = space.decode(point)
             if not self._duplicate(values):
@@ -292,11 +316,12 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
             )
 
     def get_best_trials(self, num_trials=1):
-        """The best trials: feasible ones by objective, then infeasible ones.
+        """The best trials: those feasible with confidence by objective, then the rest.
 
-        Infeasible trials rank by how far they miss the constraint (ties by
-        objective), so that when nothing is feasible the first trial is the
-        one closest to feasibility. Trials that did not complete come last.
+        First the trials feasible with `confidence` (`feasibility()`),
+        cheapest first; then the others as readings rank them (`Constraint.
+        rank`: when nothing is feasible, the closest first); then the trials
+        that did not complete.
 
         Args:
             num_trials: how many to return.
@@ -304,11 +329,39 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
         Returns:
             A list of at most `num_trials` `Trial`s.
         """
-        completed = [
-            (t, self._sign() * t.score, self.constraint_value(t)) for t in self._completed_trials()
-        ]
-        others = [t for _, t in sorted(self.trials.items()) if t.status != _COMPLETED]
-        return (self.constraint.rank(completed) + others)[:num_trials]
+        estimates = self._estimates()
+        confident, others = [], []
+        for t in self._completed_trials():
+            point = (t, self._sign() * t.score, self.constraint_value(t))
+            estimate = estimates.get(t.trial_id)
+            sure = estimate is not None and estimate.confident(self.confidence)
+            (confident if sure else others).append(point)
+        confident.sort(key=lambda p: (p[1], -self.constraint.slack(p[2])))
+        unfinished = [t for _, t in sorted(self.trials.items()) if t.status != _COMPLETED]
+        ranked = [t for t, _, _ in confident] + self.constraint.rank(others)
+        return (ranked + unfinished)[:num_trials]
+
+    def feasibility(self, trial):
+        """How sure the search is that a completed trial meets the constraint.
+
+        Args:
+            trial: a `Trial`.
+
+        Returns:
+            A `search.confidence.Feasibility`, or None for a trial that did
+            not complete with a finite value.
+        """
+        return self._estimates().get(trial.trial_id)
+
+    @property
+    def measured_noise(self):
+        """The `search.confidence.Noise` of the constrained metric, or None before any trial.
+
+        Given (`noise=`), measured from replicates, or, before any replicate,
+        the noise a Gaussian process fits to the readings.
+        """
+        self._estimates()
+        return self._evidence(self.trials, self.hyperparameters)[1]
 
     def get_state(self):
         state = super().get_state()
@@ -318,6 +371,8 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
                 "num_initial_points": self.num_initial_points,
                 "monotone": self.monotone,
                 "min_expected_saving": self.min_expected_saving,
+                "confidence": self.confidence,
+                "noise": self.noise,
             }
         )
         return state
@@ -334,30 +389,6 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
                 stacklevel=2,
             )
         self._warned_infeasible = False
-
-    def save(self):
-        """Saves the state to the project directory, when there is one, atomically."""
-        if _has_project_dir(self):
-            _save_json(self._get_oracle_fname(), self.get_state())
-
-    def reload(self):
-        """Reloads trials and state from the project directory.
-
-        Raises:
-            RuntimeError: if no project directory is set.
-        """
-        if not _has_project_dir(self):
-            raise RuntimeError(
-                "This oracle has no project directory to reload from. A Tuner sets "
-                "one; alone, call `oracle._set_project_dir(directory, project_name)` "
-                "before the search and before `reload()`."
-            )
-        super().reload()
-
-    def _save_trial(self, trial):
-        if _has_project_dir(self):
-            path = os.path.join(self._get_trial_dir(trial.trial_id), "trial.json")
-            _save_json(path, trial.get_state())
 
     # ------------------------------------------------------------------
     # Trials under the constraint.
@@ -435,7 +466,25 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
             self.objective,
             monotone=self.monotone,
             seed=self.seed,
+            confidence=self.confidence,
+            noise=self.noise,
+            max_trials=self.max_trials,
         )
+
+    def _estimates(self):
+        """`feasibility()` of every completed trial with a finite value, by trial id."""
+        evidence = self._evidence
+        if (evidence.confidence, evidence.noise) != (self.confidence, self.noise):
+            evidence = self._evidence = Evidence(
+                self.constraint, self.confidence, self.noise, self.seed
+            )
+        return evidence(self.trials, self.hyperparameters)[0]
+
+    def _values_at(self, space, point):
+        """The values of the completed trial at `point` (a replicate runs them exactly)."""
+        trials = self._completed_trials()
+        distance = np.abs(space.encode(trials) - np.asarray(point)[None]).max(axis=1)
+        return dict(trials[int(np.argmin(distance))].hyperparameters.values)
 
     def _completed_trials(self):
         return [t for _, t in sorted(self.trials.items()) if t.status == _COMPLETED]
@@ -446,39 +495,3 @@ class ConstrainedBayesianOracle(keras_tuner.Oracle):
     def _reported_hint(self):
         names = sorted({n for t in self.trials.values() for n in t.metrics.metrics})
         return f" Metrics the trials reported so far: {names}." if names else ""
-
-
-def _save_json(path, obj):
-    """Writes `obj` as JSON to `path`, atomically where the file system can.
-
-    Remote paths (`gs://...`, which Keras Tuner supports through TensorFlow's
-    file system) have no atomic rename and are written directly.
-    """
-    if "://" in str(path):
-        kt_utils.save_json(path, obj)
-    else:
-        write_json_atomically(path, obj)
-
-
-def _has_project_dir(oracle):
-    return getattr(oracle, "_directory", None) is not None and os.fspath(oracle._directory) != ""
-
-
-def _check_objective(objective):
-    if objective is None:
-        raise ValueError(
-            "`objective` is required: the cost to minimise under the constraint, "
-            'e.g. keras_tuner.Objective("tflite_bytes", "min"). Received: objective=None.'
-        )
-    if isinstance(objective, (list, tuple)) or hasattr(objective, "name_to_direction"):
-        raise ValueError(
-            "`objective` must be a single objective (one cost; the other metric goes "
-            f"in `constraint=`). Received: objective={objective!r}."
-        )
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(
-            f"`{name}` must be a positive integer (at least 1). Received: {name}={value!r}."
-        )

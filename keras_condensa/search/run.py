@@ -8,6 +8,7 @@ lives with the tuner it drives, one floor above the workflows it shares
 """
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import time
@@ -24,6 +25,7 @@ from keras_condensa.operators import (
     StructurePrune,
 )
 from keras_condensa.search.constraint import trial_metric
+from keras_condensa.search.results import finite
 from keras_condensa.search.tuner import CompressionTuner
 from keras_condensa.summary import summary as model_summary
 from keras_condensa.workflows.deploy import export_measured
@@ -123,7 +125,10 @@ class _ListenedTuner(CompressionTuner):
 
 def trial_rows(tuner):
     """One dict per trial, in trial order: `trial`, `status`, `hyperparameters` (all of
-    them: densities, per-layer densities, bit-widths), the metrics, `feasible`, `best`."""
+    them: densities, per-layer densities, bit-widths), the metrics, the estimate
+    (`estimate`, `estimate_low`, `estimate_high` at the tuner's confidence,
+    `p_feasible`, `readings`: None where unknown), `feasible` (the reading meets the
+    floor), `confident` (`p_feasible` reaches the confidence), `best`."""
     try:
         best_id = tuner.best_trial().trial_id
     except RuntimeError:
@@ -136,10 +141,25 @@ def trial_rows(tuner):
             "hyperparameters": dict(trial.hyperparameters.values),
         }
         row.update({name: trial_metric(trial, name) for name in report.METRIC_COLUMNS})
+        row.update(_estimate_columns(tuner.feasibility(trial)))
         row["feasible"] = bool(tuner.is_feasible(trial))
+        row["confident"] = row["p_feasible"] is not None and row["p_feasible"] >= tuner.confidence
         row["best"] = trial.trial_id == best_id
         rows.append(row)
     return rows
+
+
+def _estimate_columns(estimate):
+    """A `Feasibility` (or None) as the `report.ESTIMATE_COLUMNS` of a trial row."""
+    if estimate is None:
+        return dict.fromkeys(report.ESTIMATE_COLUMNS)
+    return {
+        "estimate": finite(estimate.mean),
+        "estimate_low": finite(estimate.low),
+        "estimate_high": finite(estimate.high),
+        "p_feasible": float(estimate.probability),
+        "readings": int(estimate.readings),
+    }
 
 
 def run_search(
@@ -153,6 +173,7 @@ def run_search(
     epochs,
     max_drop=None,
     accuracy_floor=None,
+    confidence=0.9,
     fine_tune="mask",
     shrink=False,
     quantize=None,
@@ -174,7 +195,8 @@ def run_search(
 
     Args:
         model: the trained dense `keras.Model`.
-        data: dict of arrays (`x_train`, `y_train`, `x_val`, `y_val`).
+        data: dict of arrays (`x_train`, `y_train`, `x_val`, `y_val`, and
+            optionally `x_test`, `y_test` for the held-out check).
         directory: the output directory.
         scheme: `hp -> scheme` (see `CompressionTuner`; `density_scheme`).
         objective: the cost to minimise (a `CompressionTuner` metric).
@@ -182,6 +204,8 @@ def run_search(
         epochs: fine-tuning epochs per trial.
         max_drop: largest accuracy drop allowed (or `accuracy_floor`).
         accuracy_floor: absolute accuracy floor.
+        confidence: how sure the search must be that its answer meets the
+            floor, in `[0.5, 1)` (see `CompressionTuner`).
         fine_tune: `"mask"`, `"lc"` or `"distill"`.
         shrink: remove each trial's pruned channels (`kc.shrink`).
         quantize: `tflite_export` quantization of the LiteRT files.
@@ -214,6 +238,8 @@ def run_search(
                 scheme=scheme,
                 train_data=(data["x_train"], data["y_train"]),
                 validation_data=(data["x_val"], data["y_val"]),
+                test_data=_test_data(data),
+                confidence=confidence,
                 max_accuracy_drop=max_drop,
                 accuracy_floor=accuracy_floor,
                 objective=objective,
@@ -253,6 +279,17 @@ def run_search(
     return _write_results(tuner, model, data, directory, setup, start, log)
 
 
+def _test_data(data):
+    """`(x_test, y_test)` from `data`, or None; one without the other is an error."""
+    given = [k for k in ("x_test", "y_test") if k in data]
+    if len(given) == 1:
+        raise ValueError(
+            f"`data` holds {given[0]} without its pair: the held-out check needs both "
+            "x_test and y_test (or neither)."
+        )
+    return (data["x_test"], data["y_test"]) if given else None
+
+
 def _write_results(tuner, model, data, directory, setup, start, log):
     """Saves, exports and measures the best model; writes the CSV, the plot, the report."""
     rows = trial_rows(tuner)
@@ -266,6 +303,11 @@ def _write_results(tuner, model, data, directory, setup, start, log):
         raise RuntimeError(f"the search finished without a completed trial: {e}") from None
     best_row = next(r for r in rows if r["trial"] == int(best_trial.trial_id))
     best = tuner.best_model()
+    checked = tuner.held_out_check()
+    if checked is not None:
+        checked["trial"] = int(checked["trial"])  # as in the trial rows
+        log(f"held-out check: {report.held_out_text(checked)}")
+    noise = tuner.measured_noise
     summary = model_summary(best, print_fn=None)
     paths = {name: os.path.join(directory, name) for name in SEARCH_OUTPUTS}
     save_model_atomically(best, paths["best.keras"])
@@ -291,6 +333,9 @@ def _write_results(tuner, model, data, directory, setup, start, log):
         "dense_accuracy": tuner.dense_accuracy,
         "floor": tuner.accuracy_floor,
         "stop_reason": stop_reason,
+        "confidence": tuner.confidence,
+        "noise": None if noise is None else {**dataclasses.asdict(noise), "dof": finite(noise.dof)},
+        "held_out": checked,
     }
     info = {
         **common,
@@ -312,6 +357,8 @@ def _write_results(tuner, model, data, directory, setup, start, log):
             "hyperparameters": best_row["hyperparameters"],
             "feasible": best_row["feasible"],
             "val_accuracy": best_row["val_accuracy"],
+            **{name: best_row[name] for name in report.ESTIMATE_COLUMNS},
+            "confident": best_row["confident"],
             "params": summary.params,
             "nonzeros": summary.nonzeros,
             "density": summary.density,

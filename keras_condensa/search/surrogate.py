@@ -27,6 +27,8 @@ class Surrogate:
         num_dims: dimension of the points.
         seed: integer seed of the kernel-hyperparameter optimiser's restarts.
         num_restarts: restarts of that optimiser beyond the first.
+        noise: optional known standard deviation of one reading (in the
+            metric's units), kept fixed; by default the noise is fitted.
 
     Example:
 
@@ -36,10 +38,11 @@ class Surrogate:
     True
     """
 
-    def __init__(self, num_dims, seed=0, num_restarts=2):
+    def __init__(self, num_dims, seed=0, num_restarts=2, noise=None):
         self.num_dims = int(num_dims)
         self.seed = int(seed)
         self.num_restarts = int(num_restarts)
+        self.noise = None if noise is None else float(noise)
         self.gpr = None
 
     def _kernel(self):
@@ -49,15 +52,18 @@ class Surrogate:
             nu=2.5,
         )
         signal = kernels.ConstantKernel(1.0, (1e-2, 1e2))
-        noise = kernels.WhiteKernel(1e-3, _NOISE_BOUNDS)
-        return signal * matern + noise
+        if self.noise is not None:
+            return signal * matern
+        return signal * matern + kernels.WhiteKernel(1e-3, _NOISE_BOUNDS)
 
-    def fit(self, x, y):
+    def fit(self, x, y, errors=None):
         """Fits the process (kernel hyperparameters by marginal likelihood).
 
         Args:
             x: `(n, d)` points in the unit cube.
             y: `(n,)` finite metric values.
+            errors: optional `(n,)` standard errors of the values, added to
+                a known `noise` (ignored when the noise is fitted).
 
         Returns:
             `self`.
@@ -66,6 +72,7 @@ class Surrogate:
         y = np.asarray(y, dtype=float)
         self.gpr = GaussianProcessRegressor(
             kernel=self._kernel(),
+            alpha=self._alpha(y, errors),
             normalize_y=True,
             n_restarts_optimizer=self.num_restarts if len(y) > 2 else 0,
             random_state=self.seed,
@@ -89,9 +96,19 @@ class Surrogate:
             `self`.
         """
         fitted = self.gpr.kernel_
-        self.gpr = GaussianProcessRegressor(kernel=fitted, normalize_y=True, optimizer=None)
-        self.gpr.fit(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
+        y = np.asarray(y, dtype=float)
+        self.gpr = GaussianProcessRegressor(
+            kernel=fitted, alpha=self._alpha(y), normalize_y=True, optimizer=None
+        )
+        self.gpr.fit(np.asarray(x, dtype=float), y)
         return self
+
+    def _alpha(self, y, errors=None):
+        """The diagonal jitter: a known noise's variance in the standardised units fitted."""
+        if self.noise is None:
+            return 1e-10
+        variance = self.noise**2 + (0.0 if errors is None else np.asarray(errors) ** 2)
+        return np.maximum(variance / max(float(np.var(y)), 1e-300), 1e-10)
 
     def predict(self, x, include_noise=True):
         """Posterior mean and standard deviation at `x`.
@@ -105,7 +122,10 @@ class Surrogate:
             A tuple `(mean, std)` of `(n,)` arrays.
         """
         mean, std = self.gpr.predict(np.asarray(x, dtype=float), return_std=True)
-        if not include_noise:
+        if self.noise is not None:  # a fixed noise is not part of the kernel
+            if include_noise:
+                std = np.sqrt(std**2 + self.noise**2)
+        elif not include_noise:
             var = std**2 - self.noise_variance()
             std = np.sqrt(np.maximum(var, 1e-18))
         return mean, std
@@ -116,6 +136,8 @@ class Surrogate:
         Returns:
             A float.
         """
+        if self.noise is not None:
+            return self.noise**2
         kernel = self.gpr.kernel_
         noise = kernel.k2.noise_level if isinstance(kernel.k2, kernels.WhiteKernel) else 0.0
         return float(noise) * float(np.squeeze(self.gpr._y_train_std)) ** 2

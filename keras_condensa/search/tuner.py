@@ -10,7 +10,6 @@ measure and export it.
 """
 
 import json
-import math
 import os
 import time
 import warnings
@@ -23,17 +22,26 @@ from keras_tuner import errors as kt_errors
 from keras_condensa.bench import keras_latency_ms
 from keras_condensa.search import project, results
 from keras_condensa.search.arguments import check_arguments, floor, to_objective, unpack
-from keras_condensa.search.constraint import Constraint, trial_metric
+from keras_condensa.search.confidence import check_confidence
+from keras_condensa.search.constraint import Constraint
+from keras_condensa.search.evidence import Evidence
 from keras_condensa.search.oracle import ConstrainedBayesianOracle
 from keras_condensa.summary import summary as model_summary
 from keras_condensa.workflows.deploy import export_measured
 from keras_condensa.workflows.files import save_model_atomically, write_json_atomically
 from keras_condensa.workflows.fine_tune import SchemeError, check_method, fine_tune
-from keras_condensa.workflows.measure import accuracy, looks_like_probabilities, predict
+from keras_condensa.workflows.measure import (
+    accuracy,
+    accuracy_error,
+    correct,
+    looks_like_probabilities,
+    predict,
+)
 
 # Metrics every trial reports.
 BASE_METRICS = (
     "val_accuracy",
+    "val_accuracy_std",
     "nonzero_params",
     "params",
     "density",
@@ -45,14 +53,13 @@ EXPORT_METRICS = ("tflite_bytes", "tflite_gzip_bytes", "litert_latency_ms")
 
 _MODEL_FILE = "model.keras"
 _TFLITE_FILE = "model.tflite"
-_COMPLETED = keras_tuner.engine.trial.TrialStatus.COMPLETED
 
 
 class _TimeUp(Exception):
     """Raised before creating a trial once `max_time` has passed."""
 
 
-class CompressionTuner(keras_tuner.Tuner):
+class CompressionTuner(results.TunerResults, keras_tuner.Tuner):
     """Searches a compression scheme's hyperparameters under an accuracy floor.
 
     The dense model is evaluated first, in the constructor: its validation
@@ -68,7 +75,10 @@ class CompressionTuner(keras_tuner.Tuner):
     `model.tflite`).
 
     Metrics every trial reports: `val_accuracy` (top-1 on `validation_data`,
-    from predictions), `nonzero_params`, `params`, `density` (nonzeros /
+    from predictions), `val_accuracy_std` (its standard error on that many
+    samples: paired with the dense model's for a relative floor, see
+    `workflows.measure.accuracy_error`; the oracle adds it to the noise),
+    `nonzero_params`, `params`, `density` (nonzeros /
     params), `keras_latency_ms` (median batch-1 `model(x)` time),
     `fine_tune_epochs` (epochs run: fewer after an early stop). When the
     objective is `tflite_bytes`, `tflite_gzip_bytes` or `litert_latency_ms`
@@ -120,7 +130,8 @@ class CompressionTuner(keras_tuner.Tuner):
         num_initial_points, min_expected_saving, max_consecutive_failed_trials:
             passed to the `ConstrainedBayesianOracle` (`min_expected_saving`:
             end once another trial is expected to save less than this share).
-        seed: optional int, seeds the oracle and each trial's fine-tuning.
+        seed: optional int, seeds the oracle and each trial's fine-tuning
+            (`seed + k` for the k-th repeat of earlier values).
         directory: the tuner's directory (Keras Tuner's `directory`).
         project_name: the project's name; with `overwrite=False` an existing
             project of the same inputs is resumed.
@@ -132,10 +143,22 @@ class CompressionTuner(keras_tuner.Tuner):
             hyperparameters are added to its space, its objective and
             `max_trials` rule, and `best_trial`, `pareto` and `is_feasible`
             still apply the floor.
+        confidence: how sure, in `[0.5, 1)`, the search must be that its
+            answer meets the floor (default 0.9): `best_trial()` is the
+            cheapest trial whose estimated accuracy (`feasibility()`, from
+            all readings and the measured noise) meets the floor with this
+            probability. With a `ConstrainedBayesianOracle` as `oracle`, the
+            oracle's own `confidence` and `noise` apply.
+        noise: optional known standard deviation of one `val_accuracy`
+            reading; by default measured from replicates (trials that repeat
+            earlier values fine-tune with another seed: `replicate_seed`).
+        test_data: optional `(x, y)` never used by the search:
+            `held_out_check()` evaluates the returned model on it.
 
     Raises:
         ValueError: `max_trials < 1`, both or invalid floors, a floor above
-            the dense model's accuracy, an objective no trial reports, or bad
+            the dense model's accuracy, an objective no trial reports, a
+            `confidence` outside `[0.5, 1)`, a `noise` not positive, or bad
             data.
         TypeError: `scheme` is not callable, `oracle` is not an `Oracle`.
 
@@ -184,13 +207,23 @@ class CompressionTuner(keras_tuner.Tuner):
         overwrite=False,
         verbose=0,
         oracle=None,
+        confidence=0.9,
+        noise=None,
+        test_data=None,
     ):
         check_arguments(model, scheme, oracle, max_trials, fine_tune_epochs, max_time, shrink)
+        if isinstance(oracle, ConstrainedBayesianOracle):
+            confidence, noise = oracle.confidence, oracle.noise
+        check_confidence(confidence, noise)
+        self.confidence, self.noise = float(confidence), noise
         self.model = model
         self.scheme = scheme
         self.shrink = shrink
         self.x_train, self.y_train = unpack("train_data", train_data)
         self.x_val, self.y_val = unpack("validation_data", validation_data)
+        self.x_test, self.y_test = None, None
+        if test_data is not None:  # Never seen by the search: `held_out_check()`.
+            self.x_test, self.y_test = unpack("test_data", test_data)
         # Before any trial: every trial would fail the same way.
         self.fine_tune_options = check_method(fine_tune, fine_tune_options)
         self.fine_tune_epochs = int(fine_tune_epochs)
@@ -220,6 +253,13 @@ class CompressionTuner(keras_tuner.Tuner):
         dense_outputs = self._predict(model)
         self.dense_accuracy = accuracy(dense_outputs, self.y_val)
         self.accuracy_floor = floor(self.dense_accuracy, max_accuracy_drop, accuracy_floor)
+        # The drop a relative floor allows (None for an absolute floor): `held_out_check`.
+        self.max_accuracy_drop = None
+        if accuracy_floor is None:
+            self.max_accuracy_drop = 0.01 if max_accuracy_drop is None else max_accuracy_drop
+        bound = Constraint("val_accuracy", min_value=self.accuracy_floor)
+        self._evidence = Evidence(bound, self.confidence, noise, seed)
+        self._dense_right = correct(dense_outputs, self.y_val)
         self._from_logits = not looks_like_probabilities(dense_outputs)
 
         hp = keras_tuner.HyperParameters()
@@ -230,13 +270,15 @@ class CompressionTuner(keras_tuner.Tuner):
         if oracle is None:
             oracle = ConstrainedBayesianOracle(
                 objective=objective,
-                constraint=Constraint("val_accuracy", min_value=self.accuracy_floor),
+                constraint=bound,
                 hyperparameters=hp,
                 max_trials=int(max_trials),
                 num_initial_points=num_initial_points,
                 min_expected_saving=min_expected_saving,
                 seed=seed,
                 max_consecutive_failed_trials=max_consecutive_failed_trials,
+                confidence=confidence,
+                noise=noise,
             )
             oracle.verbose = verbose
         else:
@@ -354,7 +396,7 @@ class CompressionTuner(keras_tuner.Tuner):
                 from_logits=self._from_logits,
                 shrink=self.shrink,
                 early_stop=early_stop,
-                seed=self.seed,
+                seed=replicate_seed(self.seed, trial, getattr(self.oracle, "trials", None)),
                 verbose=self.verbose,
             )
         except (SchemeError, FloatingPointError) as e:
@@ -364,8 +406,13 @@ class CompressionTuner(keras_tuner.Tuner):
         if not np.all(np.isfinite(outputs)):
             raise kt_errors.FailedTrialError(f"{what}: the model's outputs are not finite.")
         stats = model_summary(final, print_fn=None)
+        right = correct(outputs, self.y_val)
+        relative = self.max_accuracy_drop is not None
         metrics = {
-            "val_accuracy": accuracy(outputs, self.y_val),
+            "val_accuracy": float(np.mean(right)),
+            # The reading's own error on this many samples (paired with the
+            # dense model's when the floor is relative to it).
+            "val_accuracy_std": accuracy_error(right, self._dense_right if relative else None),
             "nonzero_params": float(stats.nonzeros),
             "params": float(stats.params),
             "density": float(stats.nonzeros) / max(float(stats.params), 1.0),
@@ -412,84 +459,33 @@ class CompressionTuner(keras_tuner.Tuner):
         return keras.saving.load_model(path)
 
     # ------------------------------------------------------------------
-    # Results.
-
-    def best_trial(self):
-        """The best trial: the cheapest feasible one, else the closest to feasible.
-
-        Returns:
-            A `Trial`.
-
-        Raises:
-            RuntimeError: no trial completed.
-        """
-        if isinstance(self.oracle, ConstrainedBayesianOracle):
-            completed = [t for t in self.oracle.get_best_trials(1) if t.status == _COMPLETED]
-        else:
-            completed = results.ranked(self.oracle, self.is_feasible)
-        if not completed:
-            raise RuntimeError(
-                "No trial has completed yet; run `search()` first (failed trials have no model)."
-            )
-        return completed[0]
-
-    def best_model(self):
-        """The best trial's stripped, fine-tuned model, loaded from its `model.keras`.
-
-        If no trial met the floor, the one closest to it.
-
-        Returns:
-            A plain `keras.Model`.
-        """
-        return self.load_model(self.best_trial())
-
-    def pareto(self):
-        """Feasible trials not dominated on (val_accuracy max, objective min).
-
-        Returns:
-            A list of `Trial`s, cheapest first.
-        """
-        if isinstance(self.oracle, ConstrainedBayesianOracle):
-            return self.oracle.pareto_front()
-        return results.pareto(results.ranked(self.oracle, self.is_feasible), self.is_feasible)
-
-    def is_feasible(self, trial):
-        """Whether a completed trial met the accuracy floor."""
-        return trial.status == _COMPLETED and trial_metric(trial, "val_accuracy", math.nan) >= (
-            self.accuracy_floor
-        )
-
-    def results_summary(self, num_trials=None, print_fn=print):
-        """Prints a table of the trials, best first.
-
-        Columns: trial id, status, hyperparameters, val_accuracy, objective,
-        feasible. A header gives the dense accuracy and the floor.
-
-        Args:
-            num_trials: how many trials to show (all by default).
-            print_fn: where the table goes; `None` prints nothing.
-
-        Returns:
-            The table as a string.
-        """
-        if isinstance(self.oracle, ConstrainedBayesianOracle):
-            trials = self.oracle.get_best_trials(len(self.oracle.trials))
-        else:
-            done = results.ranked(self.oracle, self.is_feasible)
-            trials = done + [t for t in self.oracle.trials.values() if t not in done]
-        text = results.table(
-            trials[:num_trials] if num_trials is not None else trials,
-            self.oracle.objective,
-            self.is_feasible,
-            self.dense_accuracy,
-            self.accuracy_floor,
-        )
-        if print_fn is not None:
-            print_fn(text)
-        return text
-
-    # ------------------------------------------------------------------
     # Helpers.
 
     def _predict(self, model):
         return predict(model, self.x_val, self.batch_size)
+
+
+def replicate_seed(seed, trial, trials):
+    """The fine-tuning seed of `trial`: `seed + k` when k earlier trials had its values.
+
+    A replicate (a trial repeating earlier hyperparameter values, which the
+    oracle proposes to measure the noise) must be an independent
+    fine-tuning, or it would measure no noise at all.
+
+    Args:
+        seed: the tuner's seed (None stays None).
+        trial: the `Trial` about to run.
+        trials: the oracle's trials by id, or None where they are not
+            visible (a distributed worker: then `seed + trial number`, a
+            seed of its own for every trial).
+
+    Returns:
+        An int or None.
+    """
+    if seed is None:
+        return None
+    if trials is None:
+        return seed + int(trial.trial_id)
+    values = trial.hyperparameters.values
+    earlier = [t for i, t in sorted(trials.items()) if int(i) < int(trial.trial_id)]
+    return seed + sum(1 for t in earlier if t.hyperparameters.values == values)

@@ -31,6 +31,19 @@ def accuracy(outputs, labels):
     >>> accuracy(np.array([[0.1, 0.9], [0.8, 0.2]]), np.array([1, 1]))
     0.5
     """
+    return float(np.mean(correct(outputs, labels)))
+
+
+def correct(outputs, labels):
+    """Which samples `outputs` classify right (see `accuracy`).
+
+    Args:
+        outputs: model outputs, `(n, classes)` or `(n,)`/`(n, 1)`.
+        labels: integer labels or one-hot rows.
+
+    Returns:
+        An `(n,)` bool array.
+    """
     outputs = np.asarray(outputs)
     labels = np.asarray(labels)
     if outputs.ndim >= 2 and outputs.shape[-1] > 1:
@@ -41,7 +54,43 @@ def accuracy(outputs, labels):
         scores = outputs.reshape(len(outputs))
         threshold = 0.5 if np.all((scores >= 0) & (scores <= 1)) else 0.0
         predicted = (scores > threshold).astype(int)
-    return float(np.mean(predicted == labels.reshape(predicted.shape)))
+    return predicted == labels.reshape(predicted.shape)
+
+
+def accuracy_error(right, reference=None):
+    """The standard error of an accuracy measured on a finite set of samples.
+
+    Alone, the binomial error `sqrt(a (1 - a) / n)`. Against `reference`, the
+    same samples classified by another model (the dense one, when a floor is
+    its accuracy minus a drop), the error of the *difference* of the two
+    accuracies (McNemar's paired error): it counts only the samples the two
+    models disagree on, which is what decides whether a floor relative to the
+    reference holds beyond these samples.
+
+    Args:
+        right: `(n,)` bool, the samples a model classifies right (`correct`).
+        reference: optional `(n,)` bool, another model's on the same samples.
+
+    Returns:
+        A float.
+
+    Example:
+
+    >>> right = np.array([True] * 90 + [False] * 10)
+    >>> round(accuracy_error(right), 3)
+    0.03
+    >>> round(accuracy_error(right, reference=np.roll(right, 1)), 3)
+    0.014
+    """
+    right = np.asarray(right, dtype=bool)
+    n = max(len(right), 1)
+    if reference is None:
+        a = float(np.mean(right)) if len(right) else 0.0
+        return float(np.sqrt(a * (1.0 - a) / n))
+    reference = np.asarray(reference, dtype=bool)
+    gained = float(np.sum(right & ~reference))
+    lost = float(np.sum(~right & reference))
+    return float(np.sqrt(max(gained + lost - (gained - lost) ** 2 / n, 0.0)) / n)
 
 
 def model_accuracy(model, x, y, batch_size=256):

@@ -51,7 +51,8 @@ oracle = kc.search.ConstrainedBayesianOracle(
 ```
 """
 
-from keras_condensa.search.strategies.base import History, Stop, Strategy
+from keras_condensa.search.strategies.base import History, Replicate, Stop, Strategy
+from keras_condensa.search.strategies.confirmation import ConfidentImprovement
 from keras_condensa.search.strategies.expected_improvement import ConstrainedExpectedImprovement
 from keras_condensa.search.strategies.initial_design import InitialDesign
 from keras_condensa.search.strategies.level_set import LevelSetBracket
@@ -74,15 +75,18 @@ def default_strategies(num_initial_points=None, min_expected_saving=0.04):
     return [
         InitialDesign(num_initial_points),
         LevelSetBracket(min_expected_saving),
+        ConfidentImprovement(),
         ConstrainedExpectedImprovement(),
     ]
 
 
 __all__ = [
+    "ConfidentImprovement",
     "ConstrainedExpectedImprovement",
     "History",
     "InitialDesign",
     "LevelSetBracket",
+    "Replicate",
     "Stop",
     "Strategy",
     "default_strategies",

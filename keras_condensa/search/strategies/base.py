@@ -19,6 +19,8 @@ class History:
     Attributes:
         completed_x: `(n, dims)` points of the completed trials.
         constraint: `(n,)` their constrained metric (e.g. `val_accuracy`).
+        errors: `(n,)` the standard errors of those readings the trials
+            reported (`<name>_std`; 0 where none was).
         objective: `(n,)` their objective, oriented to be minimised: times
             `sign`, and its logarithm when `log_cost`.
         feasible: `(n,)` bool, whether each satisfies `bound`.
@@ -33,10 +35,16 @@ class History:
         seed: the search's seed (for sequences that must repeat, e.g. a design).
         num_trials: how many trials were created so far, the one being
             proposed not included (running and failed ones included).
+        confidence: the probability with which the answer must be
+            feasible (the oracle's `confidence`; see `search.confidence`).
+        noise: the known deviation of one reading of the constrained
+            metric, or None (measured from replicates).
+        max_trials: the search's budget of trials, or None.
     """
 
     completed_x: np.ndarray
     constraint: np.ndarray
+    errors: np.ndarray
     objective: np.ndarray
     feasible: np.ndarray
     log_cost: bool
@@ -48,6 +56,9 @@ class History:
     monotone: object
     seed: int
     num_trials: int
+    confidence: float = 0.9
+    noise: object = None
+    max_trials: object = None
 
     @property
     def tried_x(self):
@@ -67,6 +78,23 @@ class Stop:
 
     def __repr__(self):
         return f"Stop({self.reason!r})"
+
+
+class Replicate:
+    """A strategy's answer that runs a completed trial's hyperparameters again.
+
+    A replicate (another fine-tuning with another seed) measures the
+    evaluation noise and averages it out of the trial's estimate.
+
+    Args:
+        point: the completed trial's `(dims,)` point (`History.completed_x`).
+    """
+
+    def __init__(self, point):
+        self.point = np.asarray(point, dtype=float)
+
+    def __repr__(self):
+        return f"Replicate({self.point.tolist()!r})"
 
 
 class Strategy:
@@ -143,8 +171,8 @@ def ask(strategies, history, space, seed):
         seed: the search's seed.
 
     Returns:
-        A `Stop`, a `(k, dims)` array of points (best first), or None when no
-        strategy answered.
+        A `Stop`, a `Replicate`, a `(k, dims)` array of points (best
+        first), or None when no strategy answered.
 
     Raises:
         ValueError: if a strategy's points have the wrong shape.
@@ -154,7 +182,7 @@ def ask(strategies, history, space, seed):
         for strategy in strategies:
             rng = np.random.default_rng([seed, history.num_trials])
             proposal = strategy.propose(history, space, rng)
-            if isinstance(proposal, Stop):
+            if isinstance(proposal, (Stop, Replicate)):
                 return proposal
             if proposal is not None:
                 return _as_points(proposal, space.dims, strategy)

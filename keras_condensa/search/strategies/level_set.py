@@ -3,17 +3,15 @@
 With one ordered hyperparameter and a monotone constrained metric, the best
 point is the lowest one on the boundary of the feasible set, Condensa's level
 set. The strategy keeps a bracket around it (the highest infeasible trial
-below the lowest feasible one) and splits it: bisection while it is wide;
-once it is narrow, where a least-squares quadratic through the trials near it
-(Brent's inverse-quadratic step when there are three, which follows the
-curve's saturation where a secant would not; more average the noise out)
-gives the best chance of a feasible trial times the cost it would save. An
+below the lowest feasible one) and bisects it while it is wide. An
 infeasible trial whose reading is within the noise of the bound does not
-close the bracket; it gets one near-replicate first. Once that expected
-saving falls below `min_expected_saving` of the best cost, the boundary is
-located as finely as the evaluation noise allows and the search stops (a
-further trial would mostly pay a fine-tuning for a lucky reading just below
-the boundary).
+close the bracket; it is read again first. Once the bracket is narrow, the
+search confirms (`confirmation.confirm` over a fine grid above the
+bracket): it puts trials where the answer feasible *with confidence* is most
+likely to get cheaper, replicates included, and stops once a further trial is
+expected to save less than `min_expected_saving` of that answer's cost.
+Probing just below the boundary would mostly pay a fine-tuning for a lucky
+reading there, which confidence would not accept anyway.
 """
 
 import math
@@ -22,21 +20,14 @@ import numbers
 import numpy as np
 
 from keras_condensa.search import acquisition
-from keras_condensa.search.monotone import consistent, feasibility_directions
-from keras_condensa.search.strategies.base import Stop, Strategy
+from keras_condensa.search.monotone import feasibility_directions
+from keras_condensa.search.strategies import confirmation
+from keras_condensa.search.strategies.base import Replicate, Strategy
 from keras_condensa.search.strategies.candidates import GRID_SIZE_1D, candidates, ranked
 from keras_condensa.search.strategies.posterior import Posterior
 
-# A local quadratic step once the bracket is narrower than this (before, three
-# trials are too far apart to model the curve between them), handing over to
-# the next strategy below _MIN_BRACKET.
+# Bisection while the bracket is wider than this; then confirmation.
 _LOCAL_WIDTH = 0.15
-# With a handful of trials the Gaussian process's fitted noise can collapse to
-# zero; the local step assumes at least this share of the spread of the three
-# values it interpolates (tuned on seeds 100-159 of the benchmark's recorded
-# curve, reported on the held-out seeds 0-19).
-_NOISE_SHARE = 0.2
-_MIN_BRACKET = 4.0 / (GRID_SIZE_1D - 1)
 # An infeasible trial closes the bracket only if the constraint's posterior
 # gives a new evaluation there at most this probability of being feasible.
 _AMBIGUOUS = 0.15
@@ -48,15 +39,16 @@ class LevelSetBracket(Strategy):
     """Splits the bracket around the lowest feasible point of one hyperparameter.
 
     Defers (returns None) with several hyperparameters, without a known
-    order, with fewer than two completed trials, once the feasible end was
-    tried and is infeasible, or once the bracket is narrower than the grid
-    resolves; returns a `Stop` once the boundary is located.
+    order, with fewer than two completed trials, or once the feasible end was
+    tried and is infeasible; returns a `Replicate` to read a trial again, and
+    a `Stop` once the boundary is located.
 
     Args:
-        min_expected_saving: the search stops when the next quadratic step is
-            expected to save less than this share of the best feasible cost
-            (the probability that the trial is feasible times the relative
-            saving if it is). A number in `[0, 1)`; 0 never stops.
+        min_expected_saving: the search stops when the next trial is expected
+            to save less than this share of the cost of the cheapest trial
+            feasible with confidence (the probability that it makes a point
+            feasible with confidence times the relative saving, per trial;
+            see `confirmation.confirm`). A number in `[0, 1)`; 0 never stops.
 
     Raises:
         ValueError: if `min_expected_saving` is not in `[0, 1)`.
@@ -84,43 +76,50 @@ class LevelSetBracket(Strategy):
         if not one_ordered or len(history.completed_x) < 2:
             return None
         posterior = Posterior(history, space, seed=int(rng.integers(2**31 - 1)))
-        target, probability = _split(posterior, directions, history.bound)
-        if target is None:
+        step, target = _split(posterior, directions, history.bound)
+        if step == "confirm":
+            return self._confirm(history, directions, target)
+        if step == "replicate":
+            return Replicate([target])
+        if step is None:
             return None
-        if probability is not None and self.min_expected_saving > 0:
-            saving = probability * _relative_saving(history, target, posterior.best_cost)
-            if saving < self.min_expected_saving:
-                return Stop(
-                    "the boundary is located: a further trial was expected to save less "
-                    f"than {100 * self.min_expected_saving:g}% of the best "
-                    f"{history.objective_name}"
-                )
         grid = candidates(history, space, rng)
         return ranked(grid, -np.abs(grid[:, 0] - target), history)
 
+    def _confirm(self, history, directions, lo):
+        """Once the bracket is narrow: `confirmation.confirm` over the grid above `lo`.
+
+        The candidates are the grid points on the feasible side of the
+        bracket's lower end `lo` (and the completed trials, to replicate);
+        the cost between trials is interpolated. The search stops when the
+        best expected saving is under `min_expected_saving`.
+        """
+        model = confirmation.model_of(history)
+        if confirmation.unmeasured(history, model):
+            replicate = confirmation.first_replicate(history)
+            if replicate is not None:
+                return replicate
+        u = np.linspace(0.0, 1.0, GRID_SIZE_1D)
+        u = u[u > lo]
+        points = (1.0 - u if directions[0] < 0 else u)[:, None]
+        cost = np.array([_cost(history, p) for p in points[:, 0]])
+        return confirmation.confirm(history, model, points, cost, self.min_expected_saving)
+
 
 def _split(posterior, directions, bound):
-    """The next split of the bracket around the boundary.
+    """The next step around the boundary.
 
     The bracket runs from the highest clearly infeasible trial below the
     lowest feasible one (or the end of the range) to that feasible trial;
     "clearly": a new evaluation there would be feasible with probability at
     most `_AMBIGUOUS` under the posterior, so one unlucky noisy trial does not
     shut the boundary out. It is bisected while wider than `_LOCAL_WIDTH`;
-    then a least-squares quadratic through the trials that respect the order
-    within `_LOCAL_WIDTH` of it (at least the three nearest its middle) models
-    the metric inside it, and the split is where a trial is most likely
-    feasible times the cost it would save (`acquisition.quadratic_level_step`).
-    The quadratic follows the curve's saturation, which a secant between the
-    ends (or a Gaussian process with a long length scale) overshoots; each
-    trial past the third averages evaluation noise out of it. A quadratic that
-    is not monotone over the bracket (noise) falls back to bisection.
+    then the search confirms.
 
     An ambiguous infeasible trial above the bracket's lower end leaves that
     end in doubt: the boundary is likely just above it, and splitting the
-    whole bracket would mostly probe below it. The next trial is then its
-    near-replicate (the closest untried value: Keras Tuner refuses identical
-    ones), once; with two readings there the posterior either closes the
+    whole bracket would mostly probe below it. The next trial then reads it
+    again, once; with two readings there the posterior either closes the
     bracket at it or finds it feasible.
 
     Before any trial is feasible, the feasible end (density 1) is taken to be
@@ -133,13 +132,12 @@ def _split(posterior, directions, bound):
         bound: the `Constraint`.
 
     Returns:
-        `(target, probability)`: the unit-interval coordinate to try next and,
-        for a quadratic step, the model's probability that it is feasible
-        (None for a bisection or a replicate). `(None, None)` when the
-        feasible end was tried and is infeasible, or the bracket is already
-        narrower than the candidate grid resolves.
+        `(step, value)`: `("bisect", coordinate)` to try next,
+        `("replicate", coordinate)` of a trial to read again, `("confirm",
+        lo)` with the bracket's lower end (oriented toward feasibility), or
+        `(None, None)` when the feasible end was tried and is infeasible.
     """
-    x, values, feasible = posterior.x, posterior.metric, posterior.feasible
+    x, feasible = posterior.x, posterior.feasible
     gp = posterior.constraint_gp
     flip = directions[0] < 0
     u = 1.0 - x[:, 0] if flip else x[:, 0]
@@ -150,7 +148,7 @@ def _split(posterior, directions, bound):
         if np.isclose(top, 1.0):
             return None, None  # the end is infeasible too
         target = 1.0 if 1.0 - top < _LOCAL_WIDTH else 0.5 * (top + 1.0)
-        return (1.0 - target if flip else target), None
+        return "bisect", (1.0 - target if flip else target)
     # An infeasible trial that a re-evaluation could well find feasible (the
     # metric is noisy) does not close the bracket.
     mean, std = gp.predict(x)
@@ -160,34 +158,16 @@ def _split(posterior, directions, bound):
     infeasible = ~feasible & (log_pof <= math.log(_AMBIGUOUS))
     lo, hi = _bracket(u, feasible, infeasible)
     width = hi - lo
-    if width < _MIN_BRACKET:
-        return None, None
     num_completed = posterior.num_completed
     doubtful = (~feasible & ~infeasible & (u < hi))[:num_completed]
     if doubtful.any():
         a = float(u[:num_completed][doubtful].max())
         if a > lo and np.sum(np.abs(u - a) < _REPLICATE_RADIUS) == 1:
-            return (1.0 - a if flip else a), None
-    target = probability = None
+            return "replicate", (1.0 - a if flip else a)
     if width < _LOCAL_WIDTH:
-        # Oriented so that feasible means "at least the level".
-        sign = float(bound.direction)
-        level = bound.min_value if sign > 0 else bound.max_value
-        usable = np.flatnonzero(consistent(x, feasible, directions))
-        # The trials within the local width of the bracket; at least the three
-        # nearest its middle.
-        outside = np.maximum(lo - u[usable], u[usable] - hi)
-        nearest = np.argsort(np.abs(u[usable] - 0.5 * (lo + hi)), kind="stable")
-        near = usable[nearest[: max(3, int(np.sum(outside <= _LOCAL_WIDTH)))]]
-        if len(np.unique(u[near])) >= 3:
-            local = sign * values[near]
-            noise = max(math.sqrt(gp.noise_variance()), _NOISE_SHARE * np.ptp(local))
-            step = acquisition.quadratic_level_step(u[near], local, sign * level, lo, hi, noise)
-            if step is not None:
-                target, probability = step
-    if target is None:
-        target = 0.5 * (lo + hi)
-    return (1.0 - target if flip else target), probability
+        return "confirm", lo
+    target = 0.5 * (lo + hi)
+    return "bisect", (1.0 - target if flip else target)
 
 
 def _bracket(u, feasible, infeasible):
@@ -204,15 +184,20 @@ def _bracket(u, feasible, infeasible):
     return lo, hi
 
 
-def _relative_saving(history, point, best_cost):
-    """How much less than `best_cost` the objective is at a 1-D `point`, as a share.
+def _cost(history, point):
+    """The oriented objective at a 1-D `point`, interpolated between the completed trials.
 
-    The cost at `point` is interpolated between the completed trials (it is
-    measured exactly, and monotone along the level-set hyperparameter).
+    It is measured exactly, and monotone along the level-set hyperparameter;
+    past the trials it is extended along the nearest segment's line.
     """
     order = np.argsort(history.completed_x[:, 0], kind="stable")
-    cost = np.interp(point, history.completed_x[order, 0], history.objective[order])
-    saving = best_cost - cost
-    if history.log_cost:  # a difference of log costs: the ratio's complement
-        return -math.expm1(-saving) if history.sign > 0 else math.expm1(saving)
-    return saving / max(abs(best_cost), 1e-12)
+    x, y = history.completed_x[order, 0], history.objective[order]
+    x, first = np.unique(x, return_index=True)
+    y = y[first]
+    if len(x) < 2:
+        return float(y[0])
+    if point < x[0] or point > x[-1]:
+        i = 0 if point < x[0] else len(x) - 2
+        slope = (y[i + 1] - y[i]) / (x[i + 1] - x[i])
+        return float(y[i] + slope * (point - x[i]))
+    return float(np.interp(point, x, y))
