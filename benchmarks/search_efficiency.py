@@ -267,18 +267,21 @@ class Surface:
         return float(nonzeros[ok].min() / self.kernel_weights) if ok.any() else None
 
 
-def make_ours(floor, seed, max_trials, space, confidence=0.9):
+def make_ours(floor, seed, max_trials, space, confidence=None):
     import keras_tuner  # noqa: PLC0415
 
     import keras_condensa.search as search  # noqa: PLC0415
 
+    # The oracle's default confidence unless one is given (this file also runs
+    # against versions from before `confidence`, for "before" tables).
+    options = {} if confidence is None else {"confidence": confidence}
     return search.ConstrainedBayesianOracle(
         objective=keras_tuner.Objective("nonzero_params", "min"),
         constraint=search.Constraint("val_accuracy", min_value=floor),
         hyperparameters=space,
         max_trials=max_trials,
         seed=seed + 1,
-        confidence=confidence,
+        **options,
     )
 
 

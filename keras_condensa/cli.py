@@ -328,9 +328,9 @@ def build_parser():
     p.add_argument(
         "--confidence",
         type=confidence,
-        default=0.9,
+        default=0.8,
         help="how sure the search must be that the model it returns meets the floor, a "
-        "probability in [0.5, 1) (default 0.9): its accuracy is estimated from all readings "
+        "probability in [0.5, 1) (default 0.8): its accuracy is estimated from all readings "
         "and their measured noise, not from one lucky reading",
     )
     p.add_argument(

@@ -330,7 +330,7 @@ def test_an_ambiguous_infeasible_trial_gets_a_replicate(reading, replicated):
 
 
 def test_best_trials_are_confident_by_objective_then_feasible_then_by_violation():
-    oracle = make_oracle(floor=0.96, max_trials=10, noise=0.002)
+    oracle = make_oracle(floor=0.96, max_trials=10, noise=0.002, confidence=0.9)
     feed(oracle, [(1.0, 0.98), (0.02, 0.90), (0.2, 0.97), (0.05, 0.95), (0.1, 0.961)])
     ranked = [t.hyperparameters.get("density") for t in oracle.get_best_trials(5)]
     # 0.1 reads above the floor by half the noise: not feasible with
@@ -730,7 +730,7 @@ def proposal_trace():
 PINNED_PROPOSALS = {
     "noisy": [
         [0.0707106781], [0.2659147948], [0.1371240878], [0.1371240878], [0.0887886361],
-        [0.1092047098], [0.1036979982], [0.1036979982],
+        [0.1075226774], [0.1021007833], [0.1021007833],
     ],
     "past_the_bracket": [
         [0.0707106781], [0.2659147948], [0.1371240878], [0.0707106781], [0.1010496643],
@@ -744,8 +744,8 @@ PINNED_PROPOSALS = {
         [1.0, 1.0, "block"], [0.1, 0.1, "block"], [0.0204611781, 0.150485499, "block"],
         [0.3465114876, 0.0129940576, "unstructured"],
         [0.3465114876, 0.0129940576, "unstructured"],
-        [0.0102000169, 0.1145453423, "unstructured"],
-        [0.0110354145, 0.0212387234, "unstructured"],
+        [0.5156837112, 0.118875656, "unstructured"],
+        [0.3221337668, 0.012158316, "unstructured"],
     ],
     "parallel": [
         [0.0707106781], [1.0], [0.2659147948], [0.1371240878], [0.1371240878], [0.0887886361],
@@ -753,7 +753,7 @@ PINNED_PROPOSALS = {
     ],
     "mirrored": [
         [0.0707106781], [0.2659147948], [0.1371240878], [0.1371240878], [0.086521071],
-        [0.1021007833], [0.1005281697], [0.1005281697],
+        [0.1015738642], [0.1005281697], [0.1005281697],
     ],
     "falling_order": [
         [0.495], [0.7425], [0.86625], [0.86625], [0.9890332031], [0.9377929687],
@@ -853,3 +853,26 @@ def test_the_strategy_seam_rejects_bad_strategies_and_proposals():
     oracle = make_oracle(strategies=[WrongShape()])
     with pytest.raises(ValueError, match=r"WrongShape.propose.*shape \(1,\).*\(2, 3\)"):
         oracle.create_trial("tuner0")
+
+
+def test_several_ordered_hyperparameters_bisect_the_diagonal_first():
+    # Two per-layer densities: the densest corner, the centre, then the
+    # diagonal (one density for both layers) is bisected like one density
+    # until the boundary on it is bracketed within 0.15.
+    hp = keras_tuner.HyperParameters()
+    hp.Float("fc1_density", MIN_DENSITY, 1.0, sampling="log")
+    hp.Float("fc2_density", MIN_DENSITY, 1.0, sampling="log")
+    accuracy = accuracy_curve(0.1, floor=0.96)
+
+    def evaluate(values):
+        effective = (values["fc1_density"] * values["fc2_density"]) ** 0.5
+        kept = values["fc1_density"] * 20_000 + values["fc2_density"] * 30_000
+        return {"nonzero_params": kept, "val_accuracy": accuracy(effective)}
+
+    oracle = make_oracle(floor=0.96, max_trials=6, hyperparameters=hp)
+    trials = search(oracle, evaluate, n=5)
+    u = [[u_of(t.hyperparameters.get(k)) for k in ("fc1_density", "fc2_density")] for t in trials]
+    # The centre (density 0.07) is infeasible: 0.75 (0.27), feasible; then 0.625 (0.14).
+    assert np.allclose(u[:4], [[1, 1], [0.5, 0.5], [0.75, 0.75], [0.625, 0.625]])
+    # Then the cheapest feasible trial is read again: the noise is measured.
+    assert trials[4].hyperparameters.values == trials[3].hyperparameters.values

@@ -13,6 +13,7 @@ import numpy as np
 from keras_tuner.engine import hyperparameters as hp_types
 from keras_tuner.engine import trial as trial_module
 
+from keras_condensa.search.confidence import DEFAULT_CONFIDENCE
 from keras_condensa.search.constraint import trial_metric
 from keras_condensa.search.strategies.base import History
 
@@ -137,7 +138,7 @@ def encode_history(
     objective,
     monotone,
     seed,
-    confidence=0.9,
+    confidence=DEFAULT_CONFIDENCE,
     noise=None,
     max_trials=None,
 ):

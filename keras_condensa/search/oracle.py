@@ -20,7 +20,7 @@ import numpy as np
 from keras_tuner.engine import trial as trial_module
 
 from keras_condensa.search.arguments import check_objective, check_positive_int
-from keras_condensa.search.confidence import check_confidence
+from keras_condensa.search.confidence import DEFAULT_CONFIDENCE, check_confidence
 from keras_condensa.search.constraint import Constraint, trial_metric
 from keras_condensa.search.encoding import Space, encode_history
 from keras_condensa.search.evidence import Evidence
@@ -86,7 +86,7 @@ class ConstrainedBayesianOracle(AtomicState, keras_tuner.Oracle):
         max_retries_per_trial: as in `keras_tuner.Oracle`.
         max_consecutive_failed_trials: as in `keras_tuner.Oracle`.
         confidence: the probability, in `[0.5, 1)`, with which the answer
-            must meet the constraint (default 0.9). 0.5 trusts the
+            must meet the constraint (default 0.8, `DEFAULT_CONFIDENCE`). 0.5 trusts the
             estimated value itself.
         noise: optional known standard deviation of one reading of the
             constrained metric; by default it is measured from replicates.
@@ -142,7 +142,7 @@ class ConstrainedBayesianOracle(AtomicState, keras_tuner.Oracle):
         max_retries_per_trial=0,
         max_consecutive_failed_trials=3,
         strategies=None,
-        confidence=0.9,
+        confidence=DEFAULT_CONFIDENCE,
         noise=None,
     ):
         check_objective(objective)

@@ -24,6 +24,7 @@ from keras_condensa.operators import (
     Quantize,
     StructurePrune,
 )
+from keras_condensa.search.confidence import DEFAULT_CONFIDENCE
 from keras_condensa.search.constraint import trial_metric
 from keras_condensa.search.results import finite
 from keras_condensa.search.tuner import CompressionTuner
@@ -173,7 +174,7 @@ def run_search(
     epochs,
     max_drop=None,
     accuracy_floor=None,
-    confidence=0.9,
+    confidence=DEFAULT_CONFIDENCE,
     fine_tune="mask",
     shrink=False,
     quantize=None,

@@ -22,7 +22,7 @@ from keras_tuner import errors as kt_errors
 from keras_condensa.bench import keras_latency_ms
 from keras_condensa.search import project, results
 from keras_condensa.search.arguments import check_arguments, floor, to_objective, unpack
-from keras_condensa.search.confidence import check_confidence
+from keras_condensa.search.confidence import DEFAULT_CONFIDENCE, check_confidence
 from keras_condensa.search.constraint import Constraint
 from keras_condensa.search.evidence import Evidence
 from keras_condensa.search.oracle import ConstrainedBayesianOracle
@@ -144,7 +144,7 @@ class CompressionTuner(results.TunerResults, keras_tuner.Tuner):
             `max_trials` rule, and `best_trial`, `pareto` and `is_feasible`
             still apply the floor.
         confidence: how sure, in `[0.5, 1)`, the search must be that its
-            answer meets the floor (default 0.9): `best_trial()` is the
+            answer meets the floor (default 0.8): `best_trial()` is the
             cheapest trial whose estimated accuracy (`feasibility()`, from
             all readings and the measured noise) meets the floor with this
             probability. With a `ConstrainedBayesianOracle` as `oracle`, the
@@ -207,7 +207,7 @@ class CompressionTuner(results.TunerResults, keras_tuner.Tuner):
         overwrite=False,
         verbose=0,
         oracle=None,
-        confidence=0.9,
+        confidence=DEFAULT_CONFIDENCE,
         noise=None,
         test_data=None,
     ):

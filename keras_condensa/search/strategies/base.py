@@ -5,6 +5,8 @@ import dataclasses
 import numpy as np
 import threadpoolctl
 
+from keras_condensa.search.confidence import DEFAULT_CONFIDENCE
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class History:
@@ -56,7 +58,7 @@ class History:
     monotone: object
     seed: int
     num_trials: int
-    confidence: float = 0.9
+    confidence: float = DEFAULT_CONFIDENCE
     noise: object = None
     max_trials: object = None
 

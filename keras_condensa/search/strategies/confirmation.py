@@ -22,6 +22,7 @@ import math
 import numpy as np
 
 from keras_condensa.search import acquisition, confidence
+from keras_condensa.search.monotone import consistent, feasibility_directions
 from keras_condensa.search.strategies.base import Replicate, Stop, Strategy
 from keras_condensa.search.strategies.candidates import candidates, ranked
 from keras_condensa.search.strategies.posterior import Posterior
@@ -63,14 +64,22 @@ def _running(history, point):
     return bool(np.any(np.all(history.pending_x == point, axis=1)))
 
 
-def confirm(history, model, points, cost, min_expected_saving=0.0):
+def confirm(history, model, points, cost, directions=None, min_expected_saving=0.0):
     """The next trial of the confirmation phase.
+
+    Under a known order (`directions`), a candidate's probability is bounded
+    by that of each completed trial it compares with
+    (`acquisition.monotone_envelope`): below an infeasible trial, say, a new
+    point cannot become feasible with confidence, however unsure the model
+    is far from the data.
 
     Args:
         history: the `History` (with a feasible trial).
         model: its `confidence.Model`.
         points: `(m, dims)` candidate new points.
         cost: `(m,)` their oriented objective (as `history.objective`).
+        directions: optional `(dims,)` directions of feasibility
+            (`monotone.feasibility_directions`).
         min_expected_saving: stop when the best score is below this (0:
             never stop).
 
@@ -92,11 +101,19 @@ def confirm(history, model, points, cost, min_expected_saving=0.0):
     )
     reference = history.objective[known].min() if known.any() else cost.max()
     saving = np.maximum(_relative(history, reference, cost), 0.0)
+    new = len(points) - len(done)
+    reference = np.ones(len(done), dtype=bool)
+    if directions is not None:
+        reference = consistent(done, history.feasible, directions)
     score = np.zeros(len(points))
     for readings in range(1, _LOOKAHEAD + 1):
         log_q = acquisition.log_probability_of_confidence(
             sign * mean, std, model.reading_std / math.sqrt(readings), sign * level, quantile
         )
+        if directions is not None:
+            log_q[:new] = acquisition.monotone_envelope(
+                log_q[:new], points[:new], log_q[new:][reference], done[reference], directions
+            )
         score = np.maximum(score, np.exp(log_q) * saving / readings)
     best = int(np.argmax(score))
     worth = min_expected_saving == 0 or score[best] >= min_expected_saving
@@ -111,7 +128,6 @@ def confirm(history, model, points, cost, min_expected_saving=0.0):
             f"{100 * min_expected_saving:g}% of the {history.objective_name} of the "
             "cheapest trial feasible with confidence"
         )
-    new = len(points) - len(done)
     if best >= new and not _running(history, done[best - new]):
         return Replicate(done[best - new])
     return ranked(points[:new], score[:new], history)
@@ -150,4 +166,7 @@ class ConfidentImprovement(Strategy):
         points = candidates(history, space, rng)
         posterior = Posterior(history, space, int(rng.integers(2**31 - 1)))
         cost, _ = posterior.objective_gp().predict(points, include_noise=False)
-        return confirm(history, model, points, cost)
+        directions = feasibility_directions(
+            history.monotone, history.bound, space, history.completed_x, history.objective
+        )
+        return confirm(history, model, points, cost, directions)

@@ -103,7 +103,9 @@ class LevelSetBracket(Strategy):
         u = u[u > lo]
         points = (1.0 - u if directions[0] < 0 else u)[:, None]
         cost = np.array([_cost(history, p) for p in points[:, 0]])
-        return confirmation.confirm(history, model, points, cost, self.min_expected_saving)
+        return confirmation.confirm(
+            history, model, points, cost, directions, self.min_expected_saving
+        )
 
 
 def _split(posterior, directions, bound):
