@@ -17,7 +17,9 @@ search answers with the cheapest trial that is feasible *with confidence*:
   replicate pair is weak evidence of the noise level, and the tails say so).
 
 Without replicates and without a given noise, the process's own fitted
-noise stands in, with one degree of freedom.
+noise stands in, with one degree of freedom. A reading may also carry its
+own standard error (the tuner's `val_accuracy_std`: an accuracy measured on a
+few hundred validation samples), which adds to the noise at that reading.
 """
 
 import dataclasses
@@ -94,8 +96,9 @@ def replicate_groups(x):
     Returns:
         A list of index arrays, in order of first appearance.
     """
+    x = np.asarray(x, dtype=float)
     groups = []
-    for i, row in enumerate(np.asarray(x, dtype=float)):
+    for i, row in enumerate(x):
         for group in groups:
             if np.max(np.abs(x[group[0]] - row), initial=0.0) <= _SAME_POINT:
                 group.append(i)
@@ -179,7 +182,7 @@ class Model:
             source = "replicates" if dof else "model"
             self.noise = Noise(math.sqrt(variance), float(dof + _MODEL_DOF), source)
         self._gp = None
-        if fit and self.noise.std > 0.0:
+        if fit and (self.noise.std > 0.0 or self.errors.any()):
             self._gp = Surrogate(x.shape[1], seed=seed, noise=self.noise.std)
             self._gp.fit(x, y, errors=self.errors)
         self.distribution = (
@@ -212,7 +215,8 @@ class Model:
         for group in self.groups:
             at = np.max(np.abs(points - self.x[group[0]]), axis=1) <= _SAME_POINT
             mean[at] = self.readings[group].mean()
-            if self.noise.std > 0.0 or self.noise.source != "model":
+            known = self.noise.std > 0.0 or self.noise.source != "model"
+            if known or self.errors[group].any():
                 std[at] = max(self._std_of_mean(group), 1e-12)
         return mean, std
 
