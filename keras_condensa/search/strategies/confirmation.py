@@ -7,10 +7,11 @@ point, or a completed trial to read again) is scored by the probability that
 it becomes feasible with confidence after one, two or three readings
 (`acquisition.log_probability_of_confidence`), times the share of the cost
 it would save below the current answer, per reading. The first such trial,
-unless the noise is given, replicates the cheapest feasible one: the noise is
-measured near the boundary before anything rests on it. And before the search ends (its last
-trial, or when nothing is worth another), an answer read only once is read
-again: a single lucky reading is what confidence most often mistakes.
+unless the noise is given, replicates the cheapest feasible one: the noise
+is measured near the boundary before anything rests on it. Before the search
+ends (its last trial, or when nothing is worth another), an answer read only
+once is read again: a single lucky reading is what confidence most often
+mistakes. It never stops early without an answer feasible with confidence.
 
 `confirm` does this for any candidates; `ConfidentImprovement` is the
 strategy for several hyperparameters (`LevelSetBracket` calls `confirm`
@@ -80,8 +81,8 @@ def confirm(history, model, points, cost, directions=None, min_expected_saving=0
         cost: `(m,)` their oriented objective (as `history.objective`).
         directions: optional `(dims,)` directions of feasibility
             (`monotone.feasibility_directions`).
-        min_expected_saving: stop when the best score is below this (0:
-            never stop).
+        min_expected_saving: stop when the best score is below this, once a
+            trial is feasible with confidence (0: never stop).
 
     Returns:
         A `Replicate`, the ranked new points, or a `Stop`.
@@ -122,7 +123,7 @@ def confirm(history, model, points, cost, directions=None, min_expected_saving=0
         answer = done[np.flatnonzero(known)[np.argmin(history.objective[known])]]
         if np.sum(np.all(done == answer, axis=1)) == 1 and not _running(history, answer):
             return Replicate(answer)
-    if not worth:
+    if not worth and known.any():
         return Stop(
             "the boundary is located: a further trial was expected to save less than "
             f"{100 * min_expected_saving:g}% of the {history.objective_name} of the "
