@@ -13,7 +13,7 @@ import numpy as np
 from keras_tuner.engine import hyperparameters as hp_types
 from keras_tuner.engine import trial as trial_module
 
-from keras_condensa.search.confidence import DEFAULT_CONFIDENCE
+from keras_condensa.search.confidence import DEFAULT_CONFIDENCE, replicate_groups
 from keras_condensa.search.constraint import trial_metric
 from keras_condensa.search.strategies.base import History
 
@@ -182,12 +182,17 @@ def encode_history(
     if log_cost:
         cost = np.log(cost)
     sign = -1.0 if objective.direction == "max" else 1.0
+    x = space.encode(completed)
+    # Replicates are judged together: the mean of the readings at their values.
+    means = values.copy()
+    for group in replicate_groups(x):
+        means[group] = values[group].mean()
     return History(
-        completed_x=space.encode(completed),
+        completed_x=x,
         constraint=values,
         errors=errors,
         objective=sign * cost,
-        feasible=np.array([constraint.is_satisfied(v) for v in values], dtype=bool),
+        feasible=np.array([constraint.is_satisfied(v) for v in means], dtype=bool),
         log_cost=log_cost,
         failed_x=space.encode(failed),
         pending_x=space.encode(pending),

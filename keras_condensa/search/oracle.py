@@ -73,13 +73,13 @@ class ConstrainedBayesianOracle(AtomicState, keras_tuner.Oracle):
             density: more accuracy and more bytes). `False`: no structure
             assumed. Or a dict from hyperparameter name to +1 (the metric
             rises with it, like density) or -1 (it falls, like sparsity).
-        min_expected_saving: the search stops early, before `max_trials`,
-            when the next step of the one-hyperparameter level-set phase is
-            expected to save less than this share of the best feasible cost
-            (the probability that the trial is feasible times the relative
-            saving if it is). Defaults to 0.04 (tuned, with the initial
-            design, on the benchmark's recorded curve); 0 runs every trial.
-            See `strategies.LevelSetBracket`.
+        min_expected_saving: with one hyperparameter, the search stops
+            early, before `max_trials`, when the next trial is expected to
+            save less than this share of the cost of the cheapest trial
+            feasible with confidence (the probability that it makes a point
+            feasible with confidence times the relative saving, per trial).
+            Defaults to 0.04; 0 runs every trial. See
+            `strategies.LevelSetBracket`.
         seed: optional int, the random seed.
         allow_new_entries: as in `keras_tuner.Oracle`.
         tune_new_entries: as in `keras_tuner.Oracle`.
@@ -319,9 +319,9 @@ class ConstrainedBayesianOracle(AtomicState, keras_tuner.Oracle):
         """The best trials: those feasible with confidence by objective, then the rest.
 
         First the trials feasible with `confidence` (`feasibility()`),
-        cheapest first; then the others as readings rank them (`Constraint.
-        rank`: when nothing is feasible, the closest first); then the trials
-        that did not complete.
+        cheapest first; then the others, most likely feasible first (when
+        nothing is feasible, the closest); then the trials that did not
+        complete.
 
         Args:
             num_trials: how many to return.
@@ -337,8 +337,10 @@ class ConstrainedBayesianOracle(AtomicState, keras_tuner.Oracle):
             sure = estimate is not None and estimate.confident(self.confidence)
             (confident if sure else others).append(point)
         confident.sort(key=lambda p: (p[1], -self.constraint.slack(p[2])))
+        # The others by their probability (replicates judged together), then readings.
+        others.sort(key=lambda p: -getattr(estimates.get(p[0].trial_id), "probability", -1.0))
         unfinished = [t for _, t in sorted(self.trials.items()) if t.status != _COMPLETED]
-        ranked = [t for t, _, _ in confident] + self.constraint.rank(others)
+        ranked = [t for t, _, _ in confident + others]
         return (ranked + unfinished)[:num_trials]
 
     def feasibility(self, trial):

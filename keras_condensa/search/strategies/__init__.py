@@ -8,17 +8,28 @@ decides:
 
 - a point (a `(dims,)` array in `[0, 1]`), or several best first (`(k, dims)`):
   the oracle runs the first whose hyperparameter values are new;
+- a `Replicate(point)`: a completed trial's values run again (another
+  fine-tuning: it measures the noise and averages it out of the estimate);
 - a `Stop(reason)`: the search ends before `max_trials`;
 - None: the next strategy is asked (a random point if none answers).
 
+Whatever they propose, the oracle answers with the cheapest trial that meets
+the constraint with its `confidence` (`search.confidence`).
+
 The default strategies, in order (`default_strategies()`):
 
-1. `InitialDesign`: bisection from the middle of one ordered hyperparameter,
-   or the densest corner, the centre and Sobol points for several.
-2. `LevelSetBracket`: with one ordered hyperparameter, splits the bracket
-   around the lowest feasible point, and stops once it is located.
-3. `ConstrainedExpectedImprovement`: expected improvement times probability
-   of feasibility, from Gaussian processes of both metrics.
+1. `InitialDesign`: bisection from the middle of one ordered hyperparameter;
+   with several, the densest corner and the centre, then bisection of the
+   diagonal when all are ordered (else Sobol points).
+2. `LevelSetBracket`: with one ordered hyperparameter, bisects the bracket
+   around the lowest feasible point, then confirms
+   (`confirmation.confirm`) and stops once a further trial is not worth it.
+3. `ConfidentImprovement`: with several hyperparameters, once a trial other
+   than the dearest is feasible, where the confident answer is most likely
+   to get cheaper (replicates included).
+4. `ConstrainedExpectedImprovement`: expected improvement times probability
+   of feasibility, from Gaussian processes of both metrics (the search for
+   a first feasible trial, and any space the others decline).
 
 A new strategy is a `Strategy` subclass with a `propose` method, passed to
 the oracle as `strategies=`. It keeps no state between calls: everything it
@@ -67,7 +78,7 @@ def default_strategies(num_initial_points=None, min_expected_saving=0.04):
 
     Returns:
         A new list: `InitialDesign`, `LevelSetBracket`,
-        `ConstrainedExpectedImprovement`.
+        `ConfidentImprovement`, `ConstrainedExpectedImprovement`.
 
     Raises:
         ValueError: if an argument is out of range (see the strategies).

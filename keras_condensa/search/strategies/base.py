@@ -25,7 +25,8 @@ class History:
             reported (`<name>_std`; 0 where none was).
         objective: `(n,)` their objective, oriented to be minimised: times
             `sign`, and its logarithm when `log_cost`.
-        feasible: `(n,)` bool, whether each satisfies `bound`.
+        feasible: `(n,)` bool, whether each satisfies `bound`, judged by the
+            mean of the readings at its values (replicates agree).
         log_cost: whether `objective` holds logarithms (every cost positive).
         failed_x: `(f, dims)` points of failed trials (never propose them).
         pending_x: `(p, dims)` points of trials still running (or queued for

@@ -6,7 +6,9 @@ where the next trial goes is judged by that answer: each candidate (a new
 point, or a completed trial to read again) is scored by the probability that
 it becomes feasible with confidence after one, two or three readings
 (`acquisition.log_probability_of_confidence`), times the share of the cost
-it would save below the current answer, per reading. The first such trial,
+it would save below the current answer, per reading. While no trial is
+feasible with confidence, the probability alone decides (cost breaks near
+ties): an unsure model would otherwise send every trial to the cheapest end. The first such trial,
 unless the noise is given, replicates the cheapest feasible one: the noise
 is measured near the boundary before anything rests on it. Before the search
 ends (its last trial, or when nothing is worth another), an answer read only
@@ -100,8 +102,12 @@ def confirm(history, model, points, cost, directions=None, min_expected_saving=0
             for m, s in zip(mean[-len(done) :], std[-len(done) :], strict=True)
         ]
     )
-    reference = history.objective[known].min() if known.any() else cost.max()
-    saving = np.maximum(_relative(history, reference, cost), 0.0)
+    if known.any():
+        saving = np.maximum(_relative(history, history.objective[known].min(), cost), 0.0)
+    else:
+        # No answer yet: first make one point sure (the cheaper the better, a
+        # little), rather than chase savings the model is too unsure to promise.
+        saving = 1.0 - 0.1 * np.maximum(_relative(history, cost.max(), cost), 0.0)
     new = len(points) - len(done)
     reference = np.ones(len(done), dtype=bool)
     if directions is not None:

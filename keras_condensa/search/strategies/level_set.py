@@ -121,8 +121,8 @@ def _split(posterior, directions, bound):
     An ambiguous infeasible trial above the bracket's lower end leaves that
     end in doubt: the boundary is likely just above it, and splitting the
     whole bracket would mostly probe below it. The next trial then reads it
-    again, once; with two readings there the posterior either closes the
-    bracket at it or finds it feasible.
+    again, once; with two readings there, their mean decides (`History.
+    feasible`): it closes the bracket or is its feasible end.
 
     Before any trial is feasible, the feasible end (density 1) is taken to be
     feasible: the bracket runs from the highest trial to it, and the end
@@ -157,7 +157,9 @@ def _split(posterior, directions, bound):
     log_pof = acquisition.log_probability_of_feasibility(
         mean, std, bound.min_value, bound.max_value
     )
-    infeasible = ~feasible & (log_pof <= math.log(_AMBIGUOUS))
+    # Read twice (replicated, or next to another trial), its mean decides.
+    read_twice = np.sum(np.abs(u[:, None] - u[None, :]) < _REPLICATE_RADIUS, axis=1) >= 2
+    infeasible = ~feasible & ((log_pof <= math.log(_AMBIGUOUS)) | read_twice)
     lo, hi = _bracket(u, feasible, infeasible)
     width = hi - lo
     num_completed = posterior.num_completed
