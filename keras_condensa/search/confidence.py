@@ -231,9 +231,11 @@ def _clipped(y, bound):
     """Readings far on the wrong side of a one-sided bound, clipped (what the model fits).
 
     "Far": further from the bound than twice the furthest reading on the
-    feasible side. The model is about the boundary: a trial that missed an
-    accuracy floor by fifty points says only that it is infeasible, and its
-    cliff would make the Gaussian process rough where it matters.
+    feasible side, or than twice the median distance of all readings (a
+    reading that barely clears the bound does not flatten the rest). The
+    model is about the boundary: a trial that missed an accuracy floor by
+    fifty points says only that it is infeasible, and its cliff would make
+    the Gaussian process rough where it matters.
     """
     if not bound.one_sided:
         return y
@@ -241,7 +243,8 @@ def _clipped(y, bound):
     reach = slack.max()
     if reach <= 0.0:
         return y
-    return y + np.maximum(-2.0 * reach - slack, 0.0) * bound.direction
+    far = 2.0 * max(reach, float(np.median(np.abs(slack))))
+    return y + np.maximum(-far - slack, 0.0) * bound.direction
 
 
 def estimate(x, y, bound, confidence, noise=None, seed=0, errors=None):
