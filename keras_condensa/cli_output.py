@@ -11,7 +11,7 @@ import sys
 import warnings
 
 from keras_condensa.cli_checks import UsageError, one_line
-from keras_condensa.report import held_out_text
+from keras_condensa.report import held_out_text, interval_text
 from keras_condensa.search import run
 from keras_condensa.search.constraint import trial_metric
 from keras_condensa.workflows.measure import layer_rows
@@ -138,18 +138,13 @@ def print_search_result(result, out):
     if best.get("estimate") is not None:
         sure = "feasible" if best["confident"] else "NOT feasible"
         out.result(
-            f"estimated val_accuracy {best['estimate']:.4f} "
-            f"[{_end(best['estimate_low'])}, {_end(best['estimate_high'])}], "
+            f"estimated val_accuracy {interval_text(best)}, "
             f"P(>= floor) {best['p_feasible']:.3f}, {best['readings']} reading(s): "
             f"{sure} with confidence {result['confidence']:g}"
         )
     if result.get("held_out"):
         out.result(f"held-out check: {held_out_text(result['held_out'])}")
     out.result(f"wrote {', '.join(result['files'].values())}")
-
-
-def _end(value):
-    return "-" if value is None else f"{value:.4f}"
 
 
 def print_compressed(args, result, out):

@@ -38,6 +38,7 @@ __all__ = [
     "METRIC_COLUMNS",
     "TRIAL_COLUMNS",
     "held_out_text",
+    "interval_text",
     "pareto_png",
     "report_markdown",
     "trials_csv",
@@ -233,8 +234,8 @@ def held_out_text(held_out):
     )
 
 
-def _interval(row):
-    """`0.9741 [0.9712, 0.9770]` from a row's estimate columns (`-` where unknown)."""
+def interval_text(row):
+    """`0.9741 [0.9712, 0.9770]` from a row's `ESTIMATE_COLUMNS` (`-` where unknown)."""
     if row.get("estimate") is None:
         return "-"
     ends = (row.get("estimate_low"), row.get("estimate_high"))
@@ -267,7 +268,7 @@ def _estimate_sentence(best, confidence):
         return "No estimate of its accuracy beyond the reading."
     sure = best["p_feasible"] >= confidence
     return (
-        f"Estimated val_accuracy {_interval(best)} ({confidence:.0%} interval); "
+        f"Estimated val_accuracy {interval_text(best)} ({confidence:.0%} interval); "
         f"P(val_accuracy >= floor) {_probability(best)}: "
         + (
             "feasible with confidence."
@@ -297,7 +298,7 @@ def _finalists(rows, objective):
             r["trial"],
             _hyperparameters(r),
             _fmt(r.get("val_accuracy")),
-            _interval(r),
+            interval_text(r),
             _probability(r),
             _fmt(r.get("readings")),
             _fmt(r.get(objective)),
@@ -433,7 +434,7 @@ def report_markdown(info, rows, layers, png_name="pareto.png"):
         "best",
     )
     columns = tuple(dict.fromkeys(columns))
-    derived = {"estimate [interval]": _interval, "P(>=floor)": _probability}
+    derived = {"estimate [interval]": interval_text, "P(>=floor)": _probability}
     flat = [_flat(r) for r in rows]
     out.append(
         _table(

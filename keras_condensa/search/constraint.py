@@ -4,7 +4,8 @@ The search minimises a cost (bytes, latency, nonzero parameters) *subject to*
 a bound on another metric, usually an accuracy floor. A `Constraint` names the
 metric and holds the bound; it is plain data (a JSON-friendly config), so it
 can live in the chief's oracle while workers only report metric values.
-Its `best_step`, `rank` and `pareto_front` rank trials under it; `trial_metric`
+Its `best_step` and `pareto_front` rank trials under it (the answer itself
+is ranked with confidence, `search.evidence`); `trial_metric`
 reads a trial's metric.
 """
 
@@ -170,25 +171,6 @@ class Constraint:
             return (violation > 0, violation, sign * objective[step], -self.slack(value))
 
         return min(steps, key=key)
-
-    def rank(self, points):
-        """Feasible points by cost, then infeasible ones by violation (ties: cost).
-
-        When nothing is feasible the first point is the one closest to
-        feasibility.
-
-        Args:
-            points: a list of `(item, cost, value)`: the cost oriented to be
-                minimised, the constrained metric's value.
-
-        Returns:
-            The items, best first.
-        """
-        feasible = [p for p in points if self.is_satisfied(p[2])]
-        infeasible = [p for p in points if not self.is_satisfied(p[2])]
-        feasible.sort(key=lambda p: p[1])
-        infeasible.sort(key=lambda p: (self.violation(p[2]), p[1]))
-        return [item for item, _, _ in feasible + infeasible]
 
     def pareto_front(self, points):
         """The points not dominated on (constrained metric, cost).

@@ -79,3 +79,30 @@ class Evidence:
             )
             self._cache = (key, {t.trial_id: e for t, e in zip(done, found, strict=True)}, noise)
         return self._cache[1], self._cache[2]
+
+    def ranked(self, trials, hyperparameters, cost):
+        """The completed trials with a reading, the search's answer first.
+
+        First those feasible with confidence, cheapest first (ties: the
+        reading furthest inside the bound); then the others, most likely
+        feasible first (ties: cheapest), so that with no answer the first is
+        the one closest to feasibility.
+
+        Args:
+            trials: dict from trial id to `Trial`.
+            hyperparameters: the oracle's `keras_tuner.HyperParameters`.
+            cost: `trial -> float`, the objective oriented to be minimised.
+
+        Returns:
+            A list of `Trial`s.
+        """
+        estimates, _ = self(trials, hyperparameters)
+
+        def key(trial):
+            estimate = estimates[trial.trial_id]
+            if estimate.confident(self.confidence):
+                reading = trial_metric(trial, self.constraint.name)
+                return (0, cost(trial), -self.constraint.slack(reading))
+            return (1, -estimate.probability, cost(trial))
+
+        return sorted((t for _, t in sorted(trials.items()) if t.trial_id in estimates), key=key)

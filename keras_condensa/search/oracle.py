@@ -329,18 +329,13 @@ class ConstrainedBayesianOracle(AtomicState, keras_tuner.Oracle):
         Returns:
             A list of at most `num_trials` `Trial`s.
         """
-        estimates = self._estimates()
-        confident, others = [], []
-        for t in self._completed_trials():
-            point = (t, self._sign() * t.score, self.constraint_value(t))
-            estimate = estimates.get(t.trial_id)
-            sure = estimate is not None and estimate.confident(self.confidence)
-            (confident if sure else others).append(point)
-        confident.sort(key=lambda p: (p[1], -self.constraint.slack(p[2])))
-        # The others by their probability (replicates judged together), then readings.
-        others.sort(key=lambda p: -getattr(estimates.get(p[0].trial_id), "probability", -1.0))
-        unfinished = [t for _, t in sorted(self.trials.items()) if t.status != _COMPLETED]
-        ranked = [t for t, _, _ in confident + others]
+        self._estimates()
+        ranked = self._evidence.ranked(
+            self.trials, self.hyperparameters, lambda t: self._sign() * t.score
+        )
+        rest = [t for _, t in sorted(self.trials.items()) if t not in ranked]
+        # Completed trials without a reading, then those that did not complete.
+        unfinished = sorted(rest, key=lambda t: t.status != _COMPLETED)
         return (ranked + unfinished)[:num_trials]
 
     def feasibility(self, trial):

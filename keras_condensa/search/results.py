@@ -9,6 +9,7 @@ to the floor first.
 
 import math
 
+from keras_condensa import report
 from keras_condensa.search import held_out
 from keras_condensa.search.constraint import trial_metric
 from keras_condensa.search.oracle import ConstrainedBayesianOracle
@@ -16,33 +17,30 @@ from keras_condensa.search.oracle import ConstrainedBayesianOracle
 _COMPLETED = "COMPLETED"
 
 
-def ranked(oracle, is_feasible, confident=None):
+def ranked(oracle, is_feasible):
     """Completed trials: feasible ones best objective first, then the rest most accurate first.
 
     Args:
         oracle: a `keras_tuner.Oracle`.
         is_feasible: `trial -> bool` (the accuracy floor).
-        confident: optional `trial -> bool` (feasible with confidence); those
-            trials come first, best objective first (ties: most accurate).
 
     Returns:
         A list of `Trial`s.
     """
     done = [t for t in oracle.trials.values() if t.status == _COMPLETED]
-    name = oracle.objective.name
-    sign = -1.0 if oracle.objective.direction == "max" else 1.0
-
-    def cost(t):
-        return (sign * trial_metric(t, name, math.inf), -trial_metric(t, "val_accuracy", -math.inf))
-
-    sure = sorted((t for t in done if confident is not None and confident(t)), key=cost)
-    done = [t for t in done if t not in sure]
-    feasible = sorted((t for t in done if is_feasible(t)), key=lambda t: cost(t)[0])
+    feasible = sorted((t for t in done if is_feasible(t)), key=cost_of(oracle))
     others = sorted(
         (t for t in done if not is_feasible(t)),
         key=lambda t: -trial_metric(t, "val_accuracy", -math.inf),
     )
-    return sure + feasible + others
+    return feasible + others
+
+
+def cost_of(oracle):
+    """`trial -> float`: the oracle's objective oriented to be minimised (inf when missing)."""
+    name = oracle.objective.name
+    sign = -1.0 if oracle.objective.direction == "max" else 1.0
+    return lambda trial: sign * trial_metric(trial, name, math.inf)
 
 
 def pareto(trials, is_feasible):
@@ -73,13 +71,20 @@ def finite(value):
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def interval_text(estimate):
-    """A `Feasibility` as `"0.9741 [0.9712, 0.9770]"` (`-` for an unknown end)."""
+def estimate_columns(estimate):
+    """A `Feasibility` (or None) as a trial row's `report.ESTIMATE_COLUMNS`.
+
+    Unknown values (an infinite interval, no estimate) are None.
+    """
     if estimate is None:
-        return "-"
-    low, high = finite(estimate.low), finite(estimate.high)
-    ends = ", ".join("-" if v is None else f"{v:.4f}" for v in (low, high))
-    return f"{estimate.mean:.4f} [{ends}]"
+        return dict.fromkeys(report.ESTIMATE_COLUMNS)
+    return {
+        "estimate": finite(estimate.mean),
+        "estimate_low": finite(estimate.low),
+        "estimate_high": finite(estimate.high),
+        "p_feasible": float(estimate.probability),
+        "readings": int(estimate.readings),
+    }
 
 
 def noise_text(noise):
@@ -137,7 +142,7 @@ def table(trials, objective, is_feasible, dense_accuracy, floor, feasibility, co
                 str(t.status),
                 ", ".join(f"{k}={_fmt(v)}" for k, v in t.hyperparameters.values.items()),
                 _fmt(trial_metric(t, "val_accuracy", None)),
-                interval_text(estimate),
+                report.interval_text(estimate_columns(estimate)),
                 "-" if estimate is None else f"{estimate.probability:.3f}",
                 "-" if estimate is None else str(estimate.readings),
                 _fmt(trial_metric(t, name, None)),
@@ -285,9 +290,5 @@ class TunerResults:
         if isinstance(self.oracle, ConstrainedBayesianOracle):
             trials = self.oracle.get_best_trials(len(self.oracle.trials))
             return [t for t in trials if t.status == _COMPLETED]
-        sure = self._evidence(self.oracle.trials, self.oracle.hyperparameters)[0]
-        return ranked(
-            self.oracle,
-            self.is_feasible,
-            lambda t: t.trial_id in sure and sure[t.trial_id].confident(self.confidence),
-        )
+        trials = self.oracle.trials
+        return self._evidence.ranked(trials, self.oracle.hyperparameters, cost_of(self.oracle))

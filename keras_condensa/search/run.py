@@ -26,7 +26,7 @@ from keras_condensa.operators import (
 )
 from keras_condensa.search.confidence import DEFAULT_CONFIDENCE
 from keras_condensa.search.constraint import trial_metric
-from keras_condensa.search.results import finite
+from keras_condensa.search.results import estimate_columns, finite
 from keras_condensa.search.tuner import CompressionTuner
 from keras_condensa.summary import summary as model_summary
 from keras_condensa.workflows.deploy import export_measured
@@ -142,25 +142,12 @@ def trial_rows(tuner):
             "hyperparameters": dict(trial.hyperparameters.values),
         }
         row.update({name: trial_metric(trial, name) for name in report.METRIC_COLUMNS})
-        row.update(_estimate_columns(tuner.feasibility(trial)))
+        row.update(estimate_columns(tuner.feasibility(trial)))
         row["feasible"] = bool(tuner.is_feasible(trial))
         row["confident"] = row["p_feasible"] is not None and row["p_feasible"] >= tuner.confidence
         row["best"] = trial.trial_id == best_id
         rows.append(row)
     return rows
-
-
-def _estimate_columns(estimate):
-    """A `Feasibility` (or None) as the `report.ESTIMATE_COLUMNS` of a trial row."""
-    if estimate is None:
-        return dict.fromkeys(report.ESTIMATE_COLUMNS)
-    return {
-        "estimate": finite(estimate.mean),
-        "estimate_low": finite(estimate.low),
-        "estimate_high": finite(estimate.high),
-        "p_feasible": float(estimate.probability),
-        "readings": int(estimate.readings),
-    }
 
 
 def run_search(
