@@ -17,11 +17,13 @@ kc.summary(final)
 import importlib as _importlib
 
 from keras_condensa.callbacks import UpdateMasks, callbacks, scheme_of
+from keras_condensa.channel_cost import latency_table
 from keras_condensa.dependency import ChannelRule, register_channel_rule
 from keras_condensa.distill import Distiller, distill
 from keras_condensa.lc import LC
 from keras_condensa.operators import (
     BlockPrune,
+    ChannelGates,
     Compose,
     FilterPrune,
     MaskOperator,
@@ -31,6 +33,7 @@ from keras_condensa.operators import (
     Prune,
     PruningOperator,
     Quantize,
+    SoftThresholdPrune,
     StructurePrune,
 )
 from keras_condensa.prunable import PrunableLayer, PruneSpec, register_prunable
@@ -43,6 +46,7 @@ from keras_condensa.wrappers import CompressionWrapper
 
 __all__ = [
     "BlockPrune",
+    "ChannelGates",
     "ChannelRule",
     "Compose",
     "ConstantSparsity",
@@ -61,12 +65,14 @@ __all__ = [
     "PruningOperator",
     "Quantize",
     "PruningSchedule",
+    "SoftThresholdPrune",
     "StructurePrune",
     "Summary",
     "UpdateMasks",
     "__version__",
     "callbacks",
     "distill",
+    "latency_table",
     "register_channel_rule",
     "register_prunable",
     "scheme_of",

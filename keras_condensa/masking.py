@@ -30,6 +30,7 @@ def never_pruned(model):
         if w.scheduled
         and w.masks
         and all(np.all(ops.convert_to_numpy(m) == 1) for m in w.masks.values())
+        and not any(op.ran(state) for path in w.chains for op, state in w.chain(path))
     ]
 
 

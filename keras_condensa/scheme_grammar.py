@@ -12,6 +12,9 @@ class Prune(PruningOperator):
     scheme_help = "unstructured magnitude pruning: keep fraction D of the weights"
 ```
 
+An operator whose arguments come in another order than its constructor's
+declares their keywords too (`scheme_names = ("cost", "budget")`).
+
 and the grammar, `--help` and `markdown_table()` (the docs) are built from
 those declarations. A user's `kc.Operator` subclass that declares them joins
 the grammar once its module is imported.
@@ -19,6 +22,7 @@ the grammar once its module is imported.
 
 from keras_condensa.operators import (
     BlockPrune,
+    ChannelGates,
     Compose,
     FilterPrune,
     NeuronPrune,
@@ -26,11 +30,22 @@ from keras_condensa.operators import (
     Operator,
     Prune,
     Quantize,
+    SoftThresholdPrune,
     StructurePrune,
 )
 
 # The built-in operators, in the order the help lists them.
-_BUILT_IN = (Prune, NeuronPrune, FilterPrune, StructurePrune, BlockPrune, NMPrune, Quantize)
+_BUILT_IN = (
+    Prune,
+    NeuronPrune,
+    FilterPrune,
+    StructurePrune,
+    BlockPrune,
+    NMPrune,
+    SoftThresholdPrune,
+    ChannelGates,
+    Quantize,
+)
 
 
 class SchemeSyntaxError(ValueError):
@@ -59,12 +74,18 @@ def _block(text, term):
     return tuple(_number(int, "the block size")(s, term) for s in size)
 
 
+def _cost(text, term):
+    return text.lower()
+
+
 #: Argument kinds an operator may declare in `scheme_args`: (parser, meaning).
 ARGUMENTS = {
     "D": (_number(float, "the density"), "density in (0, 1], the fraction of weights kept"),
     "N": (_number(int, "N"), "nonzeros kept in every group of M weights"),
     "M": (_number(int, "M"), "the group size"),
     "RxC": (_block, "block rows x columns"),
+    "COST": (_cost, "the cost a budget counts: flops, params or latency"),
+    "B": (_number(float, "the budget"), "budget in (0, 1], the fraction of the dense cost"),
 }
 
 
@@ -160,8 +181,9 @@ def _parse_term(term):
     values = [ARGUMENTS[kind][0](text, term) for kind, text in pairs]
     if not isinstance(cls.scheme_word, str):
         values.insert(0, word)
+    names = getattr(cls, "scheme_names", None)  # keywords, when the order differs
     try:
-        return cls(*values)
+        return cls(**dict(zip(names, values, strict=True))) if names else cls(*values)
     except (ValueError, TypeError) as e:
         raise SchemeSyntaxError(f"scheme term {term!r}: {e}") from None
 

@@ -154,7 +154,7 @@ def summary(model, print_fn=print):
         masked, quantized = {}, set()
         if isinstance(container, CompressionWrapper):
             masked = {
-                id(container.weight(p)): container.masked_value(p)
+                id(container.weight(p)): container.pruned_value(p)
                 for p in container.masked_weights
             }
             quantized = {id(container.weight(p)) for p in container.chains}

@@ -146,7 +146,7 @@ def _warn_unreached(model, unreached, covered):
     more = f" and {len(unreached) - 8} more" if len(unreached) > 8 else ""
     densities = []
     for op, masked in covered.items():
-        if op.prunes and masked:
+        if op.prunes and masked and getattr(op, "density", None) is not None:
             reached = (op.density * masked + params) / (masked + params)
             densities.append(
                 f"{type(op).__name__}(density={op.density:g}) reaches about {reached:.3f} over "

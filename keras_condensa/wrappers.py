@@ -170,6 +170,18 @@ class CompressionWrapper(keras.layers.Wrapper):
                 )
         return value
 
+    def pruned_value(self, path):
+        """The weight through the operators of its chain that prune (a tensor).
+
+        What `kc.summary` counts: masks, and thresholds such as
+        `kc.SoftThresholdPrune`'s, without quantization.
+        """
+        value = ops.convert_to_tensor(self.weight(path))
+        for op, state in self.chain(path):
+            if op.prunes:
+                value = op.transform(state, value, False)
+        return value
+
     def effective_value(self, path, training=False):
         """The weight as the forward pass uses it: through every operator of its chain."""
         value = ops.convert_to_tensor(self.weight(path))

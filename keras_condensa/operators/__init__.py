@@ -2,15 +2,18 @@
 
 from keras_condensa.operators.base import Operator
 from keras_condensa.operators.compose import Compose
+from keras_condensa.operators.gates import ChannelGates
 from keras_condensa.operators.mask import MaskOperator, PruningOperator
 from keras_condensa.operators.patterns import BlockPrune, NMPrune
 from keras_condensa.operators.prune import Prune
 from keras_condensa.operators.quantize import Quantize
+from keras_condensa.operators.soft_threshold import SoftThresholdPrune
 from keras_condensa.operators.structured import FilterPrune, NeuronPrune, StructurePrune
 from keras_condensa.updates import Item, UpdateContext
 
 __all__ = [
     "BlockPrune",
+    "ChannelGates",
     "Compose",
     "FilterPrune",
     "Item",
@@ -21,6 +24,7 @@ __all__ = [
     "Prune",
     "PruningOperator",
     "Quantize",
+    "SoftThresholdPrune",
     "StructurePrune",
     "UpdateContext",
 ]

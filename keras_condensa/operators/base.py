@@ -191,6 +191,14 @@ class Operator:
     # `model`. `None`: the operator keeps no host-side state.
     update = None
 
+    def ran(self, state):
+        """Whether a scheduled `update` has run on this weight though its mask keeps all.
+
+        `kc.summary` and `kc.strip` warn about a scheduled operator whose masks
+        are all ones (its schedule never ran) unless this says it did.
+        """
+        return False
+
     def finalize(self, state, value):
         """What `kc.strip` bakes into the weight (default: `transform` at inference)."""
         return self.transform(state, value, training=False)

@@ -72,6 +72,39 @@ class MaskOperator(Operator):
         raise NotImplementedError
 
 
+def check_schedule(schedule, density):
+    """Validates a pruning schedule for `density`; returns it with its final sparsity set.
+
+    Args:
+        schedule: `None`, or a `kc.PolynomialDecay` / `kc.ConstantSparsity`.
+        density: the operator's final density.
+
+    Returns:
+        `None`, or the schedule ending at sparsity `1 - density`.
+
+    Raises:
+        TypeError: `schedule` is not a `kc.PruningSchedule`.
+        ValueError: its final sparsity disagrees with `density`.
+    """
+    if schedule is None:
+        return None
+    if not isinstance(schedule, PruningSchedule):
+        raise TypeError(
+            "schedule must be a kc.PolynomialDecay or kc.ConstantSparsity. "
+            f"Received: schedule={schedule!r}"
+        )
+    target = 1.0 - density
+    if schedule.final_sparsity is None:
+        return schedule.with_final_sparsity(target)
+    if abs(schedule.final_sparsity - target) > 1e-6:
+        raise ValueError(
+            f"The schedule ends at sparsity {schedule.final_sparsity} but density="
+            f"{density} means sparsity {target:g}. Drop final_sparsity from the "
+            "schedule (the density sets it) or make them agree."
+        )
+    return schedule
+
+
 class PruningOperator(MaskOperator):
     """Base of the pruning operators: a density, optionally reached by a schedule.
 
@@ -89,21 +122,7 @@ class PruningOperator(MaskOperator):
         super().__init__(include=include, exclude=exclude)
         check_density(density)
         self.density = float(density)
-        if schedule is not None:
-            if not isinstance(schedule, PruningSchedule):
-                raise TypeError(
-                    "schedule must be a kc.PolynomialDecay or kc.ConstantSparsity. "
-                    f"Received: schedule={schedule!r}"
-                )
-            target = 1.0 - self.density
-            if schedule.final_sparsity is None:
-                schedule = schedule.with_final_sparsity(target)
-            elif abs(schedule.final_sparsity - target) > 1e-6:
-                raise ValueError(
-                    f"The schedule ends at sparsity {schedule.final_sparsity} but density="
-                    f"{density} means sparsity {target:g}. Drop final_sparsity from the "
-                    "schedule (the density sets it) or make them agree."
-                )
+        schedule = check_schedule(schedule, self.density)
         self.schedule = schedule
 
     def get_config(self):

@@ -39,6 +39,38 @@ def _batchnorm_scale(layer, current):
     return np.abs(gamma) / np.sqrt(variance + layer.epsilon)
 
 
+def expand_keeps(units, followers, keeps):
+    """Masks of every covered weight from one 0/1 keep vector per unit.
+
+    Args:
+        units: `[(group or None, members)]` as `_ChannelPrune._units` makes them.
+        followers: the BatchNormalization items that follow the groups' channels.
+        keeps: per unit, a 0/1 vector over its channels.
+
+    Returns:
+        A dict `{(id(wrapper), path): mask}`.
+    """
+    result, kept = {}, {}
+    for (group, members), keep in zip(units, keeps, strict=True):
+        if group is not None:
+            kept[id(group)] = keep
+        for wrapper, spec, paths, current, _ in members:
+            result[(id(wrapper), spec.channel_weight)] = masks.expand_channel_mask(
+                keep, current[spec.channel_weight], spec.channel_axes
+            )
+            if spec.bias in paths:
+                result[(id(wrapper), spec.bias)] = masks.expand_channel_mask(
+                    keep, current[spec.bias], (0,)
+                )
+    for wrapper, layout, paths, current in followers:
+        keep = np.concatenate(
+            [kept.get(id(seg.root()), np.ones(seg.size, "float32")) for seg in layout.segments]
+        )
+        for path in paths:
+            result[(id(wrapper), path)] = masks.expand_channel_mask(keep, current[path], (0,))
+    return result
+
+
 class _ChannelPrune(PruningOperator):
     kinds = ()
     default_scope = "layer"
@@ -122,26 +154,8 @@ class _ChannelPrune(PruningOperator):
             counts = masks.global_keep_counts(scores, density, self.min_layer_density, aligns)
         else:
             counts = [masks.keep_count(density, s.size, self.align) for s in scores]
-        result, kept = {}, {}
-        for (group, members), score, count in zip(units, scores, counts, strict=True):
-            keep = masks.topk_mask(score, count)
-            if group is not None:
-                kept[id(group)] = keep
-            for wrapper, spec, paths, current, _ in members:
-                result[(id(wrapper), spec.channel_weight)] = masks.expand_channel_mask(
-                    keep, current[spec.channel_weight], spec.channel_axes
-                )
-                if spec.bias in paths:
-                    result[(id(wrapper), spec.bias)] = masks.expand_channel_mask(
-                        keep, current[spec.bias], (0,)
-                    )
-        for wrapper, layout, paths, current in followers:
-            keep = np.concatenate(
-                [kept.get(id(seg.root()), np.ones(seg.size, "float32")) for seg in layout.segments]
-            )
-            for path in paths:
-                result[(id(wrapper), path)] = masks.expand_channel_mask(keep, current[path], (0,))
-        return result
+        keeps = [masks.topk_mask(s, c) for s, c in zip(scores, counts, strict=True)]
+        return expand_keeps(units, followers, keeps)
 
     def _units(self, items, graph):
         """Splits items into scored units `[(group or None, members)]` and followers.

@@ -1,0 +1,322 @@
+"""`SoftThresholdPrune`: learned per-layer sparsity by soft-threshold reparameterization (STR).
+
+After Kusupati et al. 2020, "Soft Threshold Reparameterization for Learnable
+Sparsity". The forward pass uses `sign(w) * relu(|w| - sigmoid(s))`, with one
+trainable threshold parameter `s` per layer (or per output channel): a weight
+under its layer's threshold is exactly zero, and how far each threshold rises
+is learned with the model. Weight decay on `w` and `s` is what drives the
+sparsity; the layers that can afford it end up sparser than the others.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_condensa import masks
+from keras_condensa.operators.base import check_density, is_real
+from keras_condensa.operators.mask import MaskOperator, check_schedule
+from keras_condensa.schedules import PolynomialDecay
+
+GRANULARITIES = ("layer", "channel")
+
+# How the decay on the thresholds answers a density off its target at one update:
+# it is multiplied by (density / target) ** _GAIN, within [1/_STEP, _STEP], and kept
+# in [_LOW, _HIGH].
+_GAIN = 2.0
+_STEP = 1.5
+_LOW, _HIGH = 1e-5, 0.01
+# The thresholds are lowered when the density falls under this share of the target.
+_UNDER = 0.8
+# The stored threshold variable is s / _SCALE: optimizers whose step size does not
+# depend on the gradient's scale (Adam) then move s _SCALE times faster, so a
+# threshold can rise as far as a sparse layer needs within a short fine-tuning.
+_SCALE = 20.0
+
+
+def _soft(value, threshold):
+    return ops.sign(value) * ops.relu(ops.abs(value) - threshold)
+
+
+@keras.saving.register_keras_serializable(package="keras_condensa")
+class SoftThresholdPrune(MaskOperator):
+    """Learned sparsity: soft-threshold reparameterization (STR) of the weights.
+
+    Each covered weight `w` is used as `sign(w) * relu(|w| - sigmoid(s))`:
+    entries under the threshold `sigmoid(s)` are exactly zero. `s` is a
+    trainable parameter of the layer (one, or one per output channel with
+    `granularity="channel"`), so each layer learns its own threshold and so
+    its own density. Weight decay on `w` and on `s` (added to the training
+    loss) drives the sparsity, as in the paper.
+
+    With `density=None` this is the paper's method: the decay
+    (`weight_decay`) is the knob and the densities are what training makes
+    of it. Given a `density`, the target is reached in two ways, both
+    during `fit` with `kc.callbacks(scheme)`:
+
+    1. the decay on the thresholds `s` adapts: on the schedule's steps it is
+       multiplied up while the learned density is above the schedule's
+       current target and down while it is below (the decay on `w` stays
+       `weight_decay`), so training itself brings the density near the
+       target, with the per-layer allocation it learns;
+    2. at the schedule's `end_step`, an exact cut: each layer keeps its
+       largest weights in proportion to the density it learned (the
+       learned per-layer budgets, scaled so that the total is exactly
+       `density`). The thresholded values become the stored weights, the
+       threshold is dropped and the rest of the run fine-tunes the kept
+       weights under fixed masks.
+
+    `kc.summary` reports the per-layer densities learned; `kc.strip` bakes in
+    the thresholded weights (exact zeros).
+
+    Args:
+        density: fraction of the covered weights to keep in the end, in
+            (0, 1], or `None` (the decay alone decides).
+        threshold_init: initial `s`; the threshold starts at
+            `sigmoid(threshold_init)` (-5: about 0.0067).
+        weight_decay: the decay on `w` and the initial decay on `s` (L2
+            terms of the loss: `weight_decay * sum(w**2) + decay_s * sum(s**2)`).
+        granularity: `"layer"` (one threshold per weight) or `"channel"` (one
+            per output channel; Dense and convolution kernels).
+        schedule: how the target density falls over the run (a
+            `kc.PolynomialDecay`; default: from 1 to `density` over the
+            first 75% of the run, updating every 2% of it). Only with a
+            `density`.
+        include: layer names or classes to cover (default: all supported).
+        exclude: layer names or classes to leave dense.
+
+    Example:
+
+    ```python
+    scheme = kc.SoftThresholdPrune(density=0.05)
+    pruned = scheme.apply(model)
+    pruned.compile(...)
+    pruned.fit(x, y, epochs=10, callbacks=kc.callbacks(scheme))
+    kc.summary(pruned)      # the per-layer densities it learned
+    final = kc.strip(pruned)
+    ```
+    """
+
+    scheme_word = "str"
+    scheme_args = ("D",)
+    scheme_help = "learned per-layer sparsity (soft-threshold reparameterization) to density D"
+
+    def __init__(
+        self,
+        density=None,
+        threshold_init=-5.0,
+        weight_decay=1e-4,
+        granularity="layer",
+        schedule=None,
+        include=None,
+        exclude=None,
+    ):
+        super().__init__(include=include, exclude=exclude)
+        if density is not None:
+            check_density(density)
+            density = float(density)
+        if not is_real(threshold_init) or not np.isfinite(threshold_init):
+            raise ValueError(
+                "threshold_init is the initial threshold parameter s (the threshold is "
+                "sigmoid(s)) and must be a finite number. "
+                f"Received: threshold_init={threshold_init!r}"
+            )
+        if not is_real(weight_decay) or not 0 <= weight_decay < 1:
+            raise ValueError(
+                f"weight_decay must be in [0, 1). Received: weight_decay={weight_decay!r}"
+            )
+        if granularity not in GRANULARITIES:
+            raise ValueError(
+                f"granularity must be one of {GRANULARITIES}. Received: granularity={granularity!r}"
+            )
+        if density is None and schedule is not None:
+            raise ValueError(
+                "SoftThresholdPrune takes a schedule only with a target density: give "
+                "density=... too, or drop the schedule (the decay alone then decides)."
+            )
+        if density is not None and density < 1 and schedule is None:
+            schedule = PolynomialDecay(begin_step=0, end_step=0.5, frequency=0.02)
+        self.density = density
+        self.schedule = check_schedule(schedule, density) if density is not None else None
+        self.threshold_init = float(threshold_init)
+        self.weight_decay = float(weight_decay)
+        self.granularity = granularity
+
+    def reason_unsupported(self, layer, spec):
+        reason = super().reason_unsupported(layer, spec)
+        if reason is None and self.granularity == "channel" and spec.channel_weight is None:
+            reason = (
+                f"{type(layer).__name__} has no output channels for granularity='channel' to "
+                "give thresholds to; use granularity='layer' or exclude it"
+            )
+        return reason
+
+    def paths(self, layer, spec):
+        if self.granularity == "channel":
+            return (spec.channel_weight,)
+        return tuple(spec.weights)
+
+    def build(self, wrapper, path, variable):
+        state = super().build(wrapper, path, variable)
+        prefix = path.replace(".", "_")
+        shape, view = (), ()
+        if self.granularity == "channel":
+            axes = wrapper.unit_of(path).spec.channel_axes
+            rank = len(variable.shape)
+            axes = [a % rank for a in axes]
+            shape = tuple(variable.shape[a] for a in axes)
+            view = tuple(variable.shape[a] if a in axes else 1 for a in range(rank))
+        state["threshold"] = wrapper.add_weight(
+            name=f"{prefix}_threshold",
+            shape=shape,
+            initializer=keras.initializers.Constant(self.threshold_init / _SCALE),
+            trainable=True,
+        )
+        state["decay"] = wrapper.add_weight(
+            name=f"{prefix}_decay",
+            shape=(),
+            initializer=keras.initializers.Constant(self.weight_decay),
+            trainable=False,
+        )
+        state["cut"] = wrapper.add_weight(
+            name=f"{prefix}_cut", shape=(), initializer="zeros", trainable=False
+        )
+        state["view"] = view
+        return state
+
+    def threshold(self, state, dtype="float32"):
+        """The threshold `sigmoid(s)`, shaped to broadcast against the weight."""
+        t = ops.sigmoid(ops.cast(state["threshold"], dtype) * _SCALE)
+        return ops.reshape(t, state["view"]) if state["view"] else t
+
+    def transform(self, state, value, training):
+        soft = _soft(value, self.threshold(state, value.dtype))
+        value = ops.where(ops.not_equal(state["cut"], 0), value, soft)
+        return super().transform(state, value, training)
+
+    def losses(self, state, value):
+        if not self.weight_decay and self.density is None:
+            return []
+        live = 1.0 - ops.cast(state["cut"], value.dtype)
+        s = ops.cast(state["threshold"], value.dtype) * _SCALE
+        on_w = self.weight_decay * live * ops.sum(ops.square(value))
+        return [on_w + ops.cast(state["decay"], value.dtype) * ops.sum(ops.square(s))]
+
+    # -- host side ------------------------------------------------------------
+    def _thresholds(self, item, path):
+        state = item.states[path]
+        s = np.asarray(ops.convert_to_numpy(state["threshold"]), "float64") * _SCALE
+        t = 1.0 / (1.0 + np.exp(-s))
+        return t.reshape(state["view"]) if state["view"] else t
+
+    def update(self, items, context):
+        """Adapts the decay to the schedule's target; at its `end_step`, cuts exactly.
+
+        At `apply` time (no step) it does nothing: the thresholds are learned.
+        """
+        if context.step is None or self.density is None:
+            return
+        entries = [(item, path) for item in items for path in item.paths]
+        if all(float(ops.convert_to_numpy(i.states[p]["cut"])) for i, p in entries):
+            return
+        values = [item.values[path] for item, path in entries]
+        kept = [
+            np.abs(v) > self._thresholds(item, path)
+            for v, (item, path) in zip(values, entries, strict=True)
+        ]
+        learned = sum(int(k.sum()) for k in kept) / max(1, sum(v.size for v in values))
+        if context.step >= context.schedule.end_step:
+            self._cut(entries, values, kept, context)
+            return
+        target = self.density_at(context.step, context.schedule)
+        factor = float(np.clip((max(learned, 1e-6) / target) ** _GAIN, 1 / _STEP, _STEP))
+        for item, path in entries:
+            decay = item.states[path]["decay"]
+            new = float(np.clip(float(ops.convert_to_numpy(decay)) * factor, _LOW, _HIGH))
+            context.assign(decay, np.asarray(new, "float32"))
+        if learned < _UNDER * target:
+            self._lower(entries, values, target, context)
+
+    def _lower(self, entries, values, target, context):
+        """Lowers every `s` by one amount so that the density is back at `target`.
+
+        Under Adam a decay moves `s` at the full step size however small its
+        weight, and a threshold above all of a layer's weights gets no
+        gradient back: without this the thresholds can run past the target
+        and empty the layers. One shift for all keeps the learned differences.
+        """
+        scaled = [
+            np.asarray(ops.convert_to_numpy(i.states[p]["threshold"]), "float64") * _SCALE
+            for i, p in entries
+        ]
+        views = [i.states[p]["view"] for i, p in entries]
+        total = sum(v.size for v in values)
+
+        def density(shift):
+            kept = 0
+            for v, s, view in zip(values, scaled, views, strict=True):
+                t = 1.0 / (1.0 + np.exp(-(s - shift)))
+                kept += int((np.abs(v) > (t.reshape(view) if view else t)).sum())
+            return kept / total
+
+        low, high = 0.0, 20.0
+        if density(high) < target:
+            return
+        for _ in range(30):
+            middle = (low + high) / 2
+            low, high = (low, middle) if density(middle) >= target else (middle, high)
+        for (item, path), s in zip(entries, scaled, strict=True):
+            context.assign(
+                item.states[path]["threshold"], ((s - high) / _SCALE).astype("float32")
+            )
+
+    def _cut(self, entries, values, kept, context):
+        """Keeps exactly `density` of the weights, split as the learned densities split them."""
+        learned = [int(k.sum()) for k in kept]
+        sizes = [v.size for v in values]
+        budget = masks.keep_count(self.density, sum(sizes))
+        counts = _split(budget, learned, sizes)
+        for (item, path), value, count in zip(entries, values, counts, strict=True):
+            state = item.states[path]
+            effective = np.sign(value) * np.maximum(np.abs(value) - self._thresholds(item, path), 0)
+            mask = masks.topk_mask(np.abs(value), count)
+            variable = item.wrapper.weight(path)
+            variable.assign(np.where(mask != 0, effective, 0).astype(value.dtype))
+            context.assign(state["mask"], mask.astype(value.dtype))
+            context.assign(state["cut"], np.asarray(1.0, "float32"))
+            context.assign(state["decay"], np.asarray(0.0, "float32"))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            density=self.density,
+            threshold_init=self.threshold_init,
+            weight_decay=self.weight_decay,
+            granularity=self.granularity,
+            schedule=(
+                None
+                if self.schedule is None
+                else keras.saving.serialize_keras_object(self.schedule)
+            ),
+        )
+        return config
+
+
+def _split(budget, learned, sizes):
+    """Splits `budget` kept weights across layers in proportion to `learned`, capped by `sizes`.
+
+    Every layer keeps at least one weight; largest remainders place the last few.
+    """
+    sizes = np.asarray(sizes, "int64")
+    share = np.maximum(np.asarray(learned, "float64"), 1.0)
+    counts = np.ones(len(sizes), "int64")
+    budget = min(budget, int(sizes.sum()))
+    while counts.sum() < budget:
+        open_ = counts < sizes
+        remaining = budget - counts.sum()
+        ideal = remaining * np.where(open_, share, 0.0) / share[open_].sum()
+        add = np.minimum(np.floor(ideal).astype("int64"), sizes - counts)
+        if add.sum() == 0:
+            order = [i for i in np.argsort(-(ideal - np.floor(ideal)), kind="stable") if open_[i]]
+            add[order[:remaining]] = 1
+        counts += add
+    return counts.tolist()
