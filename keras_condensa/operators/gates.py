@@ -12,6 +12,8 @@ thresholded to channel masks that meet the budget exactly, and `kc.shrink`
 removes the masked channels.
 """
 
+import warnings
+
 import keras
 import numpy as np
 from keras import ops
@@ -257,6 +259,13 @@ class ChannelGates(_ChannelPrune):
 
         if fits(0.0):
             return keeps_at(0.0)
+        if not fits(1.0 + _EPSILON):
+            warnings.warn(
+                f"ChannelGates cannot reach budget={self.budget:g} of the dense {self.cost}: "
+                "even one channel per layer costs more. It keeps one channel per layer; raise "
+                "the budget or gate more layers.",
+                stacklevel=2,
+            )
         low, high = 0.0, 1.0 + _EPSILON
         for _ in range(50):
             middle = (low + high) / 2

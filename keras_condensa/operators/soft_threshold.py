@@ -19,14 +19,6 @@ from keras_condensa.schedules import PolynomialDecay
 
 GRANULARITIES = ("layer", "channel")
 
-# How the decay on the thresholds answers a density off its target at one update:
-# it is multiplied by (density / target) ** _GAIN, within [1/_STEP, _STEP], and kept
-# in [_LOW, _HIGH].
-_GAIN = 2.0
-_STEP = 1.5
-_LOW, _HIGH = 1e-5, 0.01
-# The thresholds are lowered when the density falls under this share of the target.
-_UNDER = 0.8
 # The stored threshold variable is s / _SCALE: optimizers whose step size does not
 # depend on the gradient's scale (Adam) then move s _SCALE times faster, so a
 # threshold can rise as far as a sparse layer needs within a short fine-tuning.
@@ -53,11 +45,10 @@ class SoftThresholdPrune(MaskOperator):
     of it. Given a `density`, the target is reached in two ways, both
     during `fit` with `kc.callbacks(scheme)`:
 
-    1. the decay on the thresholds `s` adapts: on the schedule's steps it is
-       multiplied up while the learned density is above the schedule's
-       current target and down while it is below (the decay on `w` stays
-       `weight_decay`), so training itself brings the density near the
-       target, with the per-layer allocation it learns;
+    1. on the schedule's steps, all thresholds move by one amount in `s` so
+       that the density is the schedule's current target: training learns
+       how the layers' thresholds differ (the per-layer allocation), the
+       schedule sets their common level;
     2. at the schedule's `end_step`, an exact cut: each layer keeps its
        largest weights in proportion to the density it learned (the
        learned per-layer budgets, scaled so that the total is exactly
@@ -73,8 +64,8 @@ class SoftThresholdPrune(MaskOperator):
             (0, 1], or `None` (the decay alone decides).
         threshold_init: initial `s`; the threshold starts at
             `sigmoid(threshold_init)` (-5: about 0.0067).
-        weight_decay: the decay on `w` and the initial decay on `s` (L2
-            terms of the loss: `weight_decay * sum(w**2) + decay_s * sum(s**2)`).
+        weight_decay: the decay on `w` and `s` (an L2 term of the loss:
+            `weight_decay * (sum(w**2) + sum(s**2))`), until the cut.
         granularity: `"layer"` (one threshold per weight) or `"channel"` (one
             per output channel; Dense and convolution kernels).
         schedule: how the target density falls over the run (a
@@ -171,12 +162,6 @@ class SoftThresholdPrune(MaskOperator):
             initializer=keras.initializers.Constant(self.threshold_init / _SCALE),
             trainable=True,
         )
-        state["decay"] = wrapper.add_weight(
-            name=f"{prefix}_decay",
-            shape=(),
-            initializer=keras.initializers.Constant(self.weight_decay),
-            trainable=False,
-        )
         state["cut"] = wrapper.add_weight(
             name=f"{prefix}_cut", shape=(), initializer="zeros", trainable=False
         )
@@ -194,12 +179,11 @@ class SoftThresholdPrune(MaskOperator):
         return super().transform(state, value, training)
 
     def losses(self, state, value):
-        if not self.weight_decay and self.density is None:
+        if not self.weight_decay:
             return []
         live = 1.0 - ops.cast(state["cut"], value.dtype)
         s = ops.cast(state["threshold"], value.dtype) * _SCALE
-        on_w = self.weight_decay * live * ops.sum(ops.square(value))
-        return [on_w + ops.cast(state["decay"], value.dtype) * ops.sum(ops.square(s))]
+        return [self.weight_decay * live * (ops.sum(ops.square(value)) + ops.sum(ops.square(s)))]
 
     # -- host side ------------------------------------------------------------
     def _thresholds(self, item, path):
@@ -209,7 +193,7 @@ class SoftThresholdPrune(MaskOperator):
         return t.reshape(state["view"]) if state["view"] else t
 
     def update(self, items, context):
-        """Adapts the decay to the schedule's target; at its `end_step`, cuts exactly.
+        """Sets the thresholds' level to the schedule's target; at its `end_step`, cuts exactly.
 
         At `apply` time (no step) it does nothing: the thresholds are learned.
         """
@@ -223,26 +207,21 @@ class SoftThresholdPrune(MaskOperator):
             np.abs(v) > self._thresholds(item, path)
             for v, (item, path) in zip(values, entries, strict=True)
         ]
-        learned = sum(int(k.sum()) for k in kept) / max(1, sum(v.size for v in values))
         if context.step >= context.schedule.end_step:
             self._cut(entries, values, kept, context)
             return
-        target = self.density_at(context.step, context.schedule)
-        factor = float(np.clip((max(learned, 1e-6) / target) ** _GAIN, 1 / _STEP, _STEP))
-        for item, path in entries:
-            decay = item.states[path]["decay"]
-            new = float(np.clip(float(ops.convert_to_numpy(decay)) * factor, _LOW, _HIGH))
-            context.assign(decay, np.asarray(new, "float32"))
-        if learned < _UNDER * target:
-            self._lower(entries, values, target, context)
+        self._shift(entries, values, self.density_at(context.step, context.schedule), context)
 
-    def _lower(self, entries, values, target, context):
-        """Lowers every `s` by one amount so that the density is back at `target`.
+    def _shift(self, entries, values, target, context):
+        """Moves every `s` by one amount so that the density is the schedule's `target`.
 
-        Under Adam a decay moves `s` at the full step size however small its
-        weight, and a threshold above all of a layer's weights gets no
-        gradient back: without this the thresholds can run past the target
-        and empty the layers. One shift for all keeps the learned differences.
+        Training learns how the thresholds differ across layers (the task
+        loss lowers the threshold of a layer that needs its weights, the
+        decay raises the others); this sets their common level, so the
+        density follows the schedule. Driving the level through the decay
+        instead is unstable under Adam, whose step does not shrink with the
+        decay's weight, and a threshold above all of a layer's weights gets
+        no gradient back.
         """
         scaled = [
             np.asarray(ops.convert_to_numpy(i.states[p]["threshold"]), "float64") * _SCALE
@@ -258,10 +237,8 @@ class SoftThresholdPrune(MaskOperator):
                 kept += int((np.abs(v) > (t.reshape(view) if view else t)).sum())
             return kept / total
 
-        low, high = 0.0, 20.0
-        if density(high) < target:
-            return
-        for _ in range(30):
+        low, high = -20.0, 20.0
+        for _ in range(40):
             middle = (low + high) / 2
             low, high = (low, middle) if density(middle) >= target else (middle, high)
         for (item, path), s in zip(entries, scaled, strict=True):
@@ -283,7 +260,6 @@ class SoftThresholdPrune(MaskOperator):
             variable.assign(np.where(mask != 0, effective, 0).astype(value.dtype))
             context.assign(state["mask"], mask.astype(value.dtype))
             context.assign(state["cut"], np.asarray(1.0, "float32"))
-            context.assign(state["decay"], np.asarray(0.0, "float32"))
 
     def get_config(self):
         config = super().get_config()

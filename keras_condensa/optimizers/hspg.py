@@ -196,7 +196,8 @@ class HalfSpaceStep:
             if self.end_step is not None
             else ops.zeros((), "bool")
         )
-        old = {p: ops.cast(_read(variables[p]), "float32") for s in sets for p, _ in s}
+        # A copy: on TensorFlow and PyTorch a read can alias the variable the step updates.
+        old = {p: ops.cast(ops.copy(_read(variables[p])), "float32") for s in sets for p, _ in s}
         squares = [sum(_per_channel(ops.square(old[p]), axis) for p, axis in s) for s in sets]
         candidates = [ops.logical_and(c, active) for c in self._candidates(squares)]
         grads = list(grads)
