@@ -14,7 +14,10 @@ import time
 import keras
 import numpy as np
 
+from keras_condensa import copying, prunable
 from keras_condensa.channel_rules import unwrapped
+from keras_condensa.dependency import DependencyGraph
+from keras_condensa.wrappers import CompressionWrapper
 
 COSTS = ("flops", "params", "latency")
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
@@ -35,60 +38,69 @@ def _depthwise(layer):
 
 
 class ChannelCost:
-    """The cost of a model's weighted layers given the active channels of each group.
+    """The cost of a model given the active channels of each group.
 
-    Every layer with a kernel (Dense, EinsumDense, convolutions) costs
-    `base * f_in * f_out`, where `f_in` and `f_out` are the fractions of its
-    input and output channels that are active (a depthwise convolution:
-    `base * f_in`). `base` is the layer's multiply-accumulates per sample
-    (`"flops"`) or its kernel size (`"params"`); with `"latency"`, the cost is
-    the layer's measured latency at the fraction `f_in * f_out` of its work,
-    interpolated in `table`, plus the rest of the model's latency, which no
-    channel count changes.
+    `"flops"` and `"params"`: every layer with a kernel (Dense, EinsumDense,
+    convolutions) costs `base * f_in * f_out`, where `f_in` and `f_out` are
+    the fractions of its input and output channels that are active (a
+    depthwise convolution: `base * f_in`), and `base` is the layer's
+    multiply-accumulates per sample or its kernel size.
+
+    `"latency"`: the whole model's measured latency, plus for each group the
+    change that narrowing it alone to the fraction `f` of its channels makes
+    (measured on the whole model, so a layer's own call overhead and the
+    consumers' narrower inputs are in it; interpolated in `table`).
 
     Args:
         graph: the model's `dependency.DependencyGraph`.
         cost: one of `COSTS`.
-        table: for `"latency"`: `{layer name: [[fraction, seconds], ...]}`
-            and the entry `"__total__": seconds` (see `latency_table`).
+        table: for `"latency"`, what `latency_table` returns:
+            `{group name: [[fraction, seconds], ...], "__total__": seconds}`,
+            a group named by its first producer layer.
 
     Raises:
-        ValueError: `"latency"` without a table entry for a layer (named).
+        ValueError: `"latency"` without a table entry for a group (named).
     """
 
     def __init__(self, graph, cost="flops", table=None):
         self.cost = cost
         self.terms = []
+        self.fixed = 0.0
+        if cost == "latency":
+            self._latency_terms(graph, table)
+            return
         for layer, inputs, outputs in graph.nodes:
             kernel = _kernel(layer) if isinstance(layer, keras.layers.Layer) else None
             if kernel is None or len(inputs) != 1:
                 continue
-            name = unwrapped(layer).name
-            if cost == "latency":
-                if table is None or name not in table:
-                    raise ValueError(
-                        f"cost='latency' has no latency measured for layer '{name}': measure "
-                        "the table with kc.latency_table(model) (or give it as latency_table=)."
-                    )
-                base = np.asarray(table[name], "float64")
-            elif cost == "params":
+            if cost == "params":
                 base = float(math.prod(kernel.shape))
             else:
                 positions = math.prod(d or 1 for d in outputs[0].shape[1:-1])
                 base = float(math.prod(kernel.shape) * positions)
-            self.terms.append(
-                (
-                    name,
-                    base,
-                    graph.layouts[id(inputs[0])],
-                    None if _depthwise(layer) else graph.layouts[id(outputs[0])],
-                )
+            outputs_layout = None if _depthwise(layer) else graph.layouts[id(outputs[0])]
+            self.terms.append((base, graph.layouts[id(inputs[0])], outputs_layout))
+
+    def _latency_terms(self, graph, table):
+        if table is None or "__total__" not in table:
+            raise ValueError(
+                "cost='latency' needs a latency table: measure it with kc.latency_table(model) "
+                "and give it as latency_table=."
             )
-        fixed = 0.0
-        if cost == "latency":
-            total = float(table["__total__"])
-            fixed = max(0.0, total - sum(float(np.interp(1.0, *b.T)) for _, b, *_ in self.terms))
-        self.fixed = fixed
+        self.fixed = float(table["__total__"])
+        for group in narrowable_groups(graph):
+            name = group_name(group)
+            if name not in table:
+                raise ValueError(
+                    f"cost='latency' has no latency measured for the channels of layer '{name}': "
+                    "measure the table with kc.latency_table(model) on this model."
+                )
+            rows = np.asarray(table[name], "float64")
+            self.latency[id(group)] = (group.size, rows[:, 0], rows[:, 1] - self.fixed)
+
+    @property
+    def latency(self):
+        return self.__dict__.setdefault("_latency", {})
 
     def _fraction(self, layout, active):
         if layout is None:
@@ -101,9 +113,10 @@ class ChannelCost:
         """The model's cost when group `id(root)` keeps `active[id(root)]` channels (else all)."""
         active = active or {}
         total = self.fixed
-        for _, base, inputs, outputs in self.terms:
-            work = self._fraction(inputs, active) * self._fraction(outputs, active)
-            total += float(np.interp(work, *base.T)) if self.cost == "latency" else base * work
+        for key, (size, fractions, deltas) in self.latency.items():
+            total += float(np.interp(active.get(key, size) / size, fractions, deltas))
+        for base, inputs, outputs in self.terms:
+            total += base * self._fraction(inputs, active) * self._fraction(outputs, active)
         return total
 
     def slopes(self, active, groups):
@@ -117,49 +130,91 @@ class ChannelCost:
         return result
 
 
-def keras_latency(model, x, repeats=20):
-    """Median seconds of one call of `model` on `x` with the Keras backend (after a warm-up)."""
-    model(x, training=False)
+def keras_latency(model, x, repeats=30):
+    """Median seconds of `model.predict_on_batch(x)` (compiled; after a warm-up)."""
+    for _ in range(3):
+        model.predict_on_batch(x)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        model(x, training=False)
+        model.predict_on_batch(x)
         times.append(time.perf_counter() - start)
     return float(np.median(times))
 
 
-def _scaled(layer, fraction):
-    """A copy of `layer` with `fraction` of its output channels (at least one)."""
-    layer = unwrapped(layer)
-    config = layer.get_config()
-    for key in ("filters", "units"):
-        if key in config:
-            config[key] = max(1, round(config[key] * fraction))
-            break
-    config["name"] = f"{layer.name}_{int(fraction * 100)}"
-    return layer.__class__.from_config(config)
+def narrowable_groups(graph):
+    """The groups of output channels that pruning may narrow (not frozen, not the output's)."""
+    return [
+        g for g in graph.groups if g.producers and g.frozen is None and not graph.feeds_output(g)
+    ]
+
+
+def group_name(group):
+    """A group's name in a latency table: its first producer layer's."""
+    return unwrapped(group.producers[0]).name
+
+
+def _narrowed(model, group, fraction):
+    """`model` with `group` narrowed to `fraction` of its channels (zeroed, then shrunk)."""
+    from keras_condensa.shrink import shrink  # noqa: PLC0415 - above the cost model
+
+    copy = copying.clone_with(model, copying.plain_copy)
+    graph = DependencyGraph(copy, on_unknown="skip")
+    twin = {group_name(g): g for g in narrowable_groups(graph)}[group_name(group)]
+    keep = max(1, round(group.size * fraction))
+    for layer, _, _ in graph.nodes:
+        layout = graph.channels_of(layer) if isinstance(layer, keras.layers.Layer) else None
+        if layout is None or len(layout.segments) != 1 or layout.segments[0].root() is not twin:
+            continue
+        spec = prunable.prune_spec(layer)
+        if spec is not None and spec.channel_weight:
+            _zero(layer, spec.channel_weight, spec.channel_axes, keep)
+            if spec.bias:
+                _zero(layer, spec.bias, (0,), keep)
+        else:  # a channel-wise layer on the group: BatchNormalization's gamma and beta
+            for name in ("gamma", "beta"):
+                if isinstance(getattr(layer, name, None), keras.Variable):
+                    _zero(layer, name, (0,), keep)
+    return shrink(copy, on_unknown="skip")
+
+
+def _zero(layer, path, axes, keep):
+    variable = prunable.resolve(layer, path)
+    value = np.array(keras.ops.convert_to_numpy(variable))
+    axis = axes[0] % value.ndim
+    index = [slice(None)] * value.ndim
+    index[axis] = slice(keep, None)
+    value[tuple(index)] = 0
+    variable.assign(value)
 
 
 def latency_table(model, fractions=FRACTIONS, measure=None, batch_size=1):
-    """Measures each weighted layer's latency at a few fractions of its output channels.
+    """Measures how the model's latency changes as each group of channels narrows.
 
-    Each layer with a kernel is rebuilt alone (same configuration, fewer
-    units or filters) on an input of its own input shape, and timed;
-    `kc.ChannelGates(cost="latency")` interpolates the table.
+    For each group of output channels that pruning may remove (a layer's
+    filters or units, with the layers coupled to them), the whole model is
+    timed with that group alone narrowed to each fraction (its channels
+    removed with `kc.shrink`), and once dense. `kc.ChannelGates(cost="latency")`
+    interpolates the table; timing whole models keeps each layer's call
+    overhead and its consumers' narrower inputs in the measurement. Times
+    are made non-decreasing in the fraction (a noisy reading never makes a
+    narrower model look slower than a wider one).
 
     Args:
-        model: a built Sequential or functional model.
-        fractions: fractions of the output channels to time.
+        model: a built Sequential or functional model (plain, or returned by
+            `scheme.apply`, which is stripped first).
+        fractions: fractions of each group's channels to time (below 1).
         measure: `measure(keras_model, x) -> seconds`; default
             `keras_latency` (the Keras backend's device). Pass one that
             converts and times on LiteRT to budget phone latency.
         batch_size: the batch of the timed inputs.
 
     Returns:
-        `{layer name: [[fraction, seconds], ...], "__total__": seconds of the whole model}`.
+        `{group name: [[fraction, seconds], ...], "__total__": seconds}`,
+        a group named by its first producer layer.
 
     Raises:
-        ValueError: a layer that cannot be rebuilt or timed (named).
+        ValueError: a group that cannot be narrowed or timed (named).
 
     Example:
 
@@ -168,33 +223,28 @@ def latency_table(model, fractions=FRACTIONS, measure=None, batch_size=1):
     scheme = kc.ChannelGates(budget=0.5, cost="latency", latency_table=table)
     ```
     """
-    from keras_condensa.dependency import DependencyGraph  # noqa: PLC0415 - graph needs a model
+    from keras_condensa import surgery  # noqa: PLC0415 - above the cost model
 
     measure = measure or keras_latency
+    if any(isinstance(layer, CompressionWrapper) for layer in model.layers):
+        model = surgery.unwrap(model, keep_quantization=False)
     graph = DependencyGraph(model, on_unknown="skip")
-    rng = np.random.default_rng(0)
-    table = {}
-    for layer, inputs, _ in graph.nodes:
-        if not isinstance(layer, keras.layers.Layer) or _kernel(layer) is None:
-            continue
-        name = unwrapped(layer).name
-        shape = (batch_size, *inputs[0].shape[1:])
-        x = rng.standard_normal(shape).astype("float32")
-        rows = []
-        for fraction in fractions:
+    x = np.random.default_rng(0).standard_normal((batch_size, *model.inputs[0].shape[1:]))
+    x = x.astype("float32")
+    dense = float(measure(model, x))
+    table = {"__total__": dense}
+    for group in narrowable_groups(graph):
+        name = group_name(group)
+        rows = [[1.0, dense]]
+        for fraction in sorted(f for f in fractions if f < 1):
             try:
-                part = _scaled(layer, 1.0 if _depthwise(layer) else fraction)
-                single = keras.Sequential([keras.Input(shape[1:]), part])
-                rows.append([float(fraction), float(measure(single, x))])
+                rows.append([float(fraction), float(measure(_narrowed(model, group, fraction), x))])
             except Exception as e:  # noqa: BLE001 - any failure names the layer
                 raise ValueError(
-                    f"latency_table cannot time layer '{name}' ({type(unwrapped(layer)).__name__}) "
-                    f"at {fraction:g} of its channels: {type(e).__name__}: {e}"
+                    f"latency_table cannot time the model with the channels of layer '{name}' "
+                    f"narrowed to {fraction:g}: {type(e).__name__}: {e}"
                 ) from e
-        if not any(f == 1.0 for f, _ in rows):
-            raise ValueError(f"latency_table needs the fraction 1.0. Received: {fractions}")
-        table[name] = sorted(rows)
-    x = rng.standard_normal((batch_size, *model.inputs[0].shape[1:])).astype("float32")
-    table["__total__"] = float(measure(model, x))
+        rows.sort()
+        times = np.minimum.accumulate([t for _, t in rows][::-1])[::-1]
+        table[name] = [[f, float(t)] for (f, _), t in zip(rows, times, strict=True)]
     return table
-
