@@ -16,6 +16,7 @@ kc.summary(final)
 
 import importlib as _importlib
 
+from keras_condensa import optimizers
 from keras_condensa.callbacks import UpdateMasks, callbacks, scheme_of
 from keras_condensa.channel_cost import latency_table
 from keras_condensa.dependency import ChannelRule, register_channel_rule
@@ -26,6 +27,7 @@ from keras_condensa.operators import (
     ChannelGates,
     Compose,
     FilterPrune,
+    HSPGPrune,
     MaskOperator,
     NeuronPrune,
     NMPrune,
@@ -51,6 +53,7 @@ __all__ = [
     "Compose",
     "ConstantSparsity",
     "FilterPrune",
+    "HSPGPrune",
     "NMPrune",
     "NeuronPrune",
     "Operator",
@@ -73,6 +76,7 @@ __all__ = [
     "callbacks",
     "distill",
     "latency_table",
+    "optimizers",
     "register_channel_rule",
     "register_prunable",
     "scheme_of",

@@ -54,10 +54,22 @@ class UpdateMasks(keras.callbacks.Callback):
         scheme: the operator or `kc.Compose` that was applied to the model,
             or the wrapped model itself (its scheme is read from its
             wrappers, so a model loaded from `.keras` continues training).
+        total_steps: the steps of the whole run when it is split over
+            several `fit` calls that share this callback (`None`: each fit
+            is a run of its own). Schedules given as fractions are spread over
+            the whole run, and the first fit's step starts it.
     """
 
-    def __init__(self, scheme):
+    def __init__(self, scheme, total_steps=None):
         super().__init__()
+        if total_steps is not None and (
+            isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1
+        ):
+            raise ValueError(
+                f"total_steps must be a positive int or None. Received: total_steps={total_steps!r}"
+            )
+        self.total_steps = total_steps
+        self._run_start = None
         if isinstance(scheme, keras.Model):
             scheme = scheme_of(scheme)
         if not isinstance(scheme, Operator):
@@ -85,17 +97,20 @@ class UpdateMasks(keras.callbacks.Callback):
                 "that was applied, or the model itself: kc.callbacks(model)."
             )
         optimizer = getattr(model, "optimizer", None)
-        self._start = int(optimizer.iterations.numpy()) if optimizer else 0
+        now = int(optimizer.iterations.numpy()) if optimizer else 0
+        if self._run_start is None or self.total_steps is None:
+            self._run_start = now
+            self._reached = dict.fromkeys(self._scheduled, 0.0)
+            self._warned = set()
+        self._start = self._run_start
         epochs, steps = self.params.get("epochs"), self.params.get("steps")
-        self._total = epochs * steps if epochs and steps else None
+        self._total = self.total_steps or (epochs * steps if epochs and steps else None)
         self._resolved = {
             index: op.schedule.resolve(self._total) for index, op in self._scheduled.items()
         }
-        self._epoch_start = self._start
-        self._step = self._start - 1
-        self._reached = dict.fromkeys(self._scheduled, 0.0)
-        self._warned = set()
-        if self._total is not None:
+        self._epoch_start = now
+        self._step = now - 1
+        if self._total is not None and now == self._start:
             last = self._total - 1
             for index, schedule in self._resolved.items():
                 local = self._local(index, self._start + last)
@@ -133,17 +148,21 @@ class UpdateMasks(keras.callbacks.Callback):
             masking.update(self.model, due)
 
     def on_train_end(self, logs=None):
+        if self.total_steps is not None and self._step < self._start + self.total_steps - 1:
+            return  # the run goes on in the next fit
         for index, schedule in self._resolved.items():
             if index not in self._warned and self._reached[index] < schedule.final_sparsity - 1e-6:
                 self._warn(index, self._reached[index])
 
 
-def callbacks(scheme):
+def callbacks(scheme, total_steps=None):
     """Returns the callbacks that run `scheme`'s updates (pruning schedules) during `fit`.
 
     Args:
         scheme: the operator or `kc.Compose` that was applied, or the
             wrapped model (its scheme is read from its wrappers).
+        total_steps: the steps of the whole run when one run is split over
+            several `fit` calls given these same callbacks (see `UpdateMasks`).
 
     Returns:
         A list of `keras.callbacks.Callback`.
@@ -154,4 +173,4 @@ def callbacks(scheme):
     pruned.fit(x, y, epochs=5, callbacks=kc.callbacks(scheme))
     ```
     """
-    return [UpdateMasks(scheme)]
+    return [UpdateMasks(scheme, total_steps=total_steps)]

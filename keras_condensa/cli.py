@@ -120,7 +120,7 @@ def cmd_search(args, out):
         accuracy_floor=args.accuracy_floor,
         confidence=args.confidence,
         fine_tune=args.fine_tune,
-        shrink=args.prune != "unstructured",
+        shrink=args.prune in run.STRUCTURED_KINDS,
         quantize=None if args.quantize == "none" else args.quantize,
         kernels=args.kernels,
         overwrite=args.overwrite,
@@ -371,11 +371,11 @@ def build_parser():
     )
     p.add_argument(
         "--prune",
-        choices=("unstructured", "neuron", "filter", "structure"),
+        choices=("unstructured", "neuron", "filter", "structure", "str", "gates", "hspg"),
         default="unstructured",
-        help="what the density keeps: single weights (default), or whole neurons, filters or "
-        "both; structured trials are shrunk (kc.shrink), so bytes and latency are the "
-        "smaller model's",
+        help="what the density keeps: weights (default; str: learned per-layer densities), "
+        "neurons, filters, both, or channels learned under a FLOPs budget (gates) or by the "
+        "HSPG optimizer (hspg); structured trials are shrunk (kc.shrink)",
     )
     p.add_argument(
         "--kernels",

@@ -198,8 +198,8 @@ def _table(header, rows):
 
 def _kind(info):
     prune = info.get("prune", "unstructured")
-    if prune == "unstructured":
-        return "prune"
+    if prune in ("unstructured", "str"):
+        return "prune" if prune == "unstructured" else "learned-threshold prune (STR)"
     return f"{prune} prune (channels removed with `kc.shrink`)"
 
 

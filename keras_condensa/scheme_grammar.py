@@ -25,6 +25,7 @@ from keras_condensa.operators import (
     ChannelGates,
     Compose,
     FilterPrune,
+    HSPGPrune,
     NeuronPrune,
     NMPrune,
     Operator,
@@ -44,6 +45,7 @@ _BUILT_IN = (
     NMPrune,
     SoftThresholdPrune,
     ChannelGates,
+    HSPGPrune,
     Quantize,
 )
 

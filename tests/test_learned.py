@@ -9,6 +9,7 @@ import keras_condensa as kc
 from keras_condensa import dependency, masking
 from keras_condensa.channel_cost import ChannelCost, keras_latency
 from keras_condensa.scheme_grammar import SchemeSyntaxError, parse_scheme
+from keras_condensa.workflows.fine_tune import fine_tune
 
 
 def _images(digits):
@@ -201,3 +202,35 @@ def test_scheme_terms():
     assert (gates.cost, gates.budget) == ("latency", 0.4)
     with pytest.raises(SchemeSyntaxError, match="cost must be one of"):
         parse_scheme("gates:energy:0.5")
+
+
+# -- through the fine-tune workflow (the command line and the search) ----------------
+
+
+def test_fine_tune_runs_one_schedule_over_its_two_fits(trained_lenet, digits, recwarn):
+    model, _ = trained_lenet
+    x_train, y_train, _, _ = digits
+    scheme = kc.Prune(0.1, schedule=kc.PolynomialDecay(end_step=0.8, frequency=5))
+    tuned = fine_tune(model, scheme, x_train, y_train, epochs=3, batch_size=64)
+    kernels = [np.asarray(layer.kernel) for layer in tuned.model.layers if hasattr(layer, "kernel")]
+    density = sum(np.count_nonzero(k) for k in kernels) / sum(k.size for k in kernels)
+    assert density == pytest.approx(0.1, abs=1e-3)  # was 0.107: each fit ran its own schedule
+    assert not [w for w in recwarn if "will reach sparsity" in str(w.message)]
+
+
+@pytest.mark.parametrize("term", ["str:0.1", "gates:flops:0.5", "hspg:0.5"])
+def test_learned_scheme_terms_fine_tune_and_shrink(term, digits):
+    x_train, y_train, x_val, _ = _images(digits)
+    model = compile_classifier(small_cnn())
+    model.fit(x_train, y_train, epochs=2, batch_size=64, verbose=0)
+    scheme = parse_scheme(term)
+    tuned = fine_tune(model, scheme, x_train, y_train, epochs=3, batch_size=64, shrink=True)
+    small = tuned.model
+    if term.startswith("str"):
+        assert kc.summary(small, print_fn=None).density < 0.15
+    elif term.startswith("gates"):
+        assert _macs(small) <= 0.5 * _macs(model) + 1e-6
+    else:  # half of the 112 gateable channels (conv1, conv2, fc) are gone
+        widths = [small.get_layer(n).filters for n in ("conv1", "conv2")]
+        assert sum(widths) + small.get_layer("fc").units == 56
+    assert np.isfinite(np.asarray(small.predict(x_val[:16], verbose=0))).all()

@@ -3,6 +3,7 @@
 from keras_condensa.operators.base import Operator
 from keras_condensa.operators.compose import Compose
 from keras_condensa.operators.gates import ChannelGates
+from keras_condensa.operators.hspg_prune import HSPGPrune
 from keras_condensa.operators.mask import MaskOperator, PruningOperator
 from keras_condensa.operators.patterns import BlockPrune, NMPrune
 from keras_condensa.operators.prune import Prune
@@ -16,6 +17,7 @@ __all__ = [
     "ChannelGates",
     "Compose",
     "FilterPrune",
+    "HSPGPrune",
     "Item",
     "MaskOperator",
     "NMPrune",

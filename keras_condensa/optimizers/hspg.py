@@ -19,8 +19,11 @@ entry, BatchNorm `gamma` and `beta`). From `start_step` on, each step:
 
 From `end_step` on every candidate is projected, so exactly the target
 number of channels is zero (zero channels rank first, so they stay the
-candidates). Everything runs in the training step with `keras.ops` (no
-branching on tensor values), on TensorFlow, JAX and PyTorch.
+candidates). Steps are the optimizer's `iterations` before the update (0
+for the first; with `gradient_accumulation_steps`, whole updates), so a
+model saved mid-run and loaded continues on schedule. Everything runs in
+the training step with `keras.ops` (no branching on tensor values), on
+TensorFlow, JAX (`stateless_apply`) and PyTorch.
 """
 
 import keras

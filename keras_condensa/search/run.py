@@ -17,11 +17,14 @@ import keras
 
 from keras_condensa import report
 from keras_condensa.operators import (
+    ChannelGates,
     Compose,
     FilterPrune,
+    HSPGPrune,
     NeuronPrune,
     Prune,
     Quantize,
+    SoftThresholdPrune,
     StructurePrune,
 )
 from keras_condensa.search.confidence import DEFAULT_CONFIDENCE
@@ -37,13 +40,21 @@ from keras_condensa.workflows.measure import layer_rows
 SEARCH_OUTPUTS = ("best.keras", "best.tflite", "trials.csv", "pareto.png", "report.md")
 #: The Keras Tuner project's name inside the output directory.
 SEARCH_PROJECT = "search"
-#: The structures a density search can prune, and their operators.
+#: What a density search can prune, and the operator each searched value makes.
+#: `str` learns per-layer densities to the searched density; `gates` and `hspg`
+#: learn which channels stay: `gates` takes the value as its FLOPs budget
+#: (fraction of dense), `hspg` as the fraction of channels kept.
 PRUNE_KINDS = {
     "unstructured": Prune,
     "neuron": NeuronPrune,
     "filter": FilterPrune,
     "structure": StructurePrune,
+    "str": SoftThresholdPrune,
+    "gates": lambda density: ChannelGates(budget=density, cost="flops"),
+    "hspg": HSPGPrune,
 }
+#: The kinds whose trials remove channels (so they are shrunk).
+STRUCTURED_KINDS = ("neuron", "filter", "structure", "gates", "hspg")
 
 
 class SearchSetupError(ValueError):
@@ -63,7 +74,7 @@ def density_scheme(prune="unstructured", qat=None):
     operator = PRUNE_KINDS[prune]
 
     def scheme(hp):
-        pruning = operator(density=hp.Float("density", 0.01, 1.0, sampling="log"))
+        pruning = operator(hp.Float("density", 0.01, 1.0, sampling="log"))
         return pruning if qat is None else Compose([pruning, Quantize(qat)])
 
     return scheme

@@ -7,12 +7,13 @@ optimizer copy, the finite-loss check and (given a floor) the early stop.
 """
 
 import dataclasses
+import math
 import numbers
 
 import keras
 
 # The public API (the names are a contract), not the modules that hold it today.
-from keras_condensa import LC, distill, strip
+from keras_condensa import LC, HSPGPrune, distill, strip
 from keras_condensa import callbacks as scheme_callbacks
 from keras_condensa import shrink as shrink_model
 from keras_condensa.compiling import check_finite_losses
@@ -190,8 +191,18 @@ def fine_tune(
     options = check_method(method, options)
     if not isinstance(epochs, numbers.Integral) or epochs < 0:
         raise ValueError(f"`epochs` must be a non-negative integer. Received: {epochs!r}.")
+    hspg = [op for op in scheme.operators() if isinstance(op, HSPGPrune)]
+    if hspg and (method == "lc" or not epochs):
+        raise SchemeError(
+            "HSPGPrune zeroes channels while it trains, with its own optimizer: use "
+            f"fine_tune='mask' or 'distill' and epochs >= 1. Received: fine_tune={method!r}, "
+            f"epochs={epochs}."
+        )
+    if len(hspg) > 1:
+        raise SchemeError("A scheme takes one HSPGPrune: it sets the training optimizer.")
     if from_logits is None:
         from_logits = outputs_logits(model, x)
+    steps = epochs * math.ceil(len(x) / batch_size)
 
     def compiled():  # a fresh optimizer each time: no slot state is shared
         return dict(
@@ -215,14 +226,21 @@ def fine_tune(
             keras.utils.set_random_seed(seed)
         epochs_run = 0
         if epochs:
-            compressed.compile(**compiled())
+            settings = compiled()
+            if hspg:  # the HSPG optimizer on the copy of the model's (or the given) optimizer
+                settings["optimizer"] = _guard(
+                    lambda: hspg[0].training_optimizer(compressed, settings["optimizer"], steps),
+                    "cannot make the HSPG optimizer",
+                )
+            compressed.compile(**settings)
             trainer = compressed
             if method == "distill":
                 trainer = _guard(
                     lambda: distill(compressed, model, from_logits=from_logits, **options),
                     "fine_tune='distill' cannot pair the models",
                 )
-            fit["callbacks"] = scheme_callbacks(scheme)
+            # One run over two fits (see `_train`): schedules span both.
+            fit["callbacks"] = scheme_callbacks(scheme, total_steps=steps)
             epochs_run = _train(trainer, compressed, x, y, epochs, fit, early_stop)
         final = _guard(lambda: strip(compressed, shrink=shrink), "cannot strip the model")
     check_finite_weights(final)
