@@ -148,6 +148,33 @@ def test_gates_follow_batchnorm_and_coupled_channels(digits):
     )
 
 
+def test_gates_save_mid_training_and_continue(digits, tmp_path):
+    x_train, y_train, x_val, _ = _images(digits)
+    model = compile_classifier(small_cnn())
+    scheme = kc.ChannelGates(budget=0.4, cost="params")
+    gated = compile_classifier(scheme.apply(model))
+    gated.fit(x_train[:512], y_train[:512], epochs=1, verbose=0, callbacks=kc.callbacks(scheme))
+    path = tmp_path / "gated.keras"
+    gated.save(path)
+    loaded = keras.saving.load_model(path)
+    assert kc.scheme_of(loaded).get_config() == scheme.get_config()
+    np.testing.assert_allclose(
+        np.asarray(loaded.predict(x_val[:32], verbose=0)),
+        np.asarray(gated.predict(x_val[:32], verbose=0)),
+        atol=1e-5,
+    )
+    loaded.fit(x_train, y_train, epochs=2, batch_size=64, verbose=0, callbacks=kc.callbacks(loaded))
+    small = kc.strip(loaded, shrink=True)
+    params = ChannelCost(dependency.DependencyGraph(small, on_unknown="skip"), "params").total()
+    dense = ChannelCost(dependency.DependencyGraph(model, on_unknown="skip"), "params").total()
+    assert params <= 0.4 * dense + 1e-6
+    np.testing.assert_allclose(
+        np.asarray(small.predict(x_val, verbose=0)),
+        np.asarray(loaded.predict(x_val, verbose=0)),
+        atol=1e-4,
+    )
+
+
 def test_gates_latency_table_and_budget(digits):
     x_train, y_train, _, _ = _images(digits)
     model = compile_classifier(small_cnn())
