@@ -64,7 +64,8 @@ class ChannelCost:
 
     def __init__(self, graph, cost="flops", table=None):
         self.cost = cost
-        self.terms = []
+        self.terms = []  # flops and params: (base, input layout, output layout) per layer
+        self.latency = {}  # latency: {id(group): (size, fractions, change in seconds)}
         self.fixed = 0.0
         if cost == "latency":
             self._latency_terms(graph, table)
@@ -97,10 +98,6 @@ class ChannelCost:
                 )
             rows = np.asarray(table[name], "float64")
             self.latency[id(group)] = (group.size, rows[:, 0], rows[:, 1] - self.fixed)
-
-    @property
-    def latency(self):
-        return self.__dict__.setdefault("_latency", {})
 
     def _fraction(self, layout, active):
         if layout is None:

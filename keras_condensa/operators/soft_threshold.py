@@ -20,8 +20,9 @@ from keras_condensa.schedules import PolynomialDecay
 GRANULARITIES = ("layer", "channel")
 
 # The stored threshold variable is s / _SCALE: optimizers whose step size does not
-# depend on the gradient's scale (Adam) then move s _SCALE times faster, so a
-# threshold can rise as far as a sparse layer needs within a short fine-tuning.
+# depend on the gradient's scale (Adam) then move s _SCALE times faster, so the
+# layers' thresholds can drift apart as far as training wants within a short
+# fine-tuning (their common level is set by the schedule, see `_shift`).
 _SCALE = 20.0
 
 
