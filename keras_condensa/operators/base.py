@@ -191,6 +191,12 @@ class Operator:
     # `model`. `None`: the operator keeps no host-side state.
     update = None
 
+    # Optional: `def training_optimizer(self, model, base_optimizer, total_steps)`, the
+    # optimizer the wrapped model must train with (a new `keras.optimizers.Optimizer`,
+    # settings copied from `base_optimizer`); `kc.HSPGPrune` has one. The fine-tune
+    # workflow (command line, search, demo) compiles with it. `None`: any optimizer.
+    training_optimizer = None
+
     def ran(self, state):
         """Whether a scheduled `update` has run on this weight though its mask keeps all.
 

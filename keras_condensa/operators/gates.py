@@ -128,6 +128,7 @@ class ChannelGates(_ChannelPrune):
                 f"the gates. Received: schedule={schedule!r}"
             )
         super().__init__(1.0, criterion="l2", include=include, exclude=exclude)
+        self.density = None  # the budget decides, not a density
         self.schedule = schedule
         self.budget = float(budget)
         self.cost = cost

@@ -209,12 +209,8 @@ class SoftThresholdPrune(MaskOperator):
         if all(float(ops.convert_to_numpy(i.states[p]["cut"])) for i, p in entries):
             return
         values = [item.values[path] for item, path in entries]
-        kept = [
-            np.abs(v) > self._thresholds(item, path)
-            for v, (item, path) in zip(values, entries, strict=True)
-        ]
         if context.step >= context.schedule.end_step:
-            self._cut(entries, values, kept, context)
+            self._cut(entries, values, context)
             return
         self._shift(entries, values, self.density_at(context.step, context.schedule), context)
 
@@ -252,9 +248,12 @@ class SoftThresholdPrune(MaskOperator):
                 item.states[path]["threshold"], ((s - high) / _SCALE).astype("float32")
             )
 
-    def _cut(self, entries, values, kept, context):
+    def _cut(self, entries, values, context):
         """Keeps exactly `density` of the weights, split as the learned densities split them."""
-        learned = [int(k.sum()) for k in kept]
+        learned = [
+            int((np.abs(v) > self._thresholds(item, path)).sum())
+            for v, (item, path) in zip(values, entries, strict=True)
+        ]
         sizes = [v.size for v in values]
         budget = masks.keep_count(self.density, sum(sizes))
         counts = _split(budget, learned, sizes)

@@ -13,7 +13,7 @@ import numbers
 import keras
 
 # The public API (the names are a contract), not the modules that hold it today.
-from keras_condensa import LC, HSPGPrune, distill, strip
+from keras_condensa import LC, distill, strip
 from keras_condensa import callbacks as scheme_callbacks
 from keras_condensa import shrink as shrink_model
 from keras_condensa.compiling import check_finite_losses
@@ -191,15 +191,18 @@ def fine_tune(
     options = check_method(method, options)
     if not isinstance(epochs, numbers.Integral) or epochs < 0:
         raise ValueError(f"`epochs` must be a non-negative integer. Received: {epochs!r}.")
-    hspg = [op for op in scheme.operators() if isinstance(op, HSPGPrune)]
-    if hspg and (method == "lc" or not epochs):
+    # Operators that train with their own optimizer (`kc.HSPGPrune`).
+    trainers = [op for op in scheme.operators() if op.training_optimizer is not None]
+    if trainers and (method == "lc" or not epochs):
         raise SchemeError(
-            "HSPGPrune zeroes channels while it trains, with its own optimizer: use "
+            f"{type(trainers[0]).__name__} works while it trains, with its own optimizer: use "
             f"fine_tune='mask' or 'distill' and epochs >= 1. Received: fine_tune={method!r}, "
             f"epochs={epochs}."
         )
-    if len(hspg) > 1:
-        raise SchemeError("A scheme takes one HSPGPrune: it sets the training optimizer.")
+    if len(trainers) > 1:
+        raise SchemeError(
+            f"A scheme takes one operator with its own training optimizer. Received: {trainers}"
+        )
     if from_logits is None:
         from_logits = outputs_logits(model, x)
     steps = epochs * math.ceil(len(x) / batch_size)
@@ -227,10 +230,12 @@ def fine_tune(
         epochs_run = 0
         if epochs:
             settings = compiled()
-            if hspg:  # the HSPG optimizer on the copy of the model's (or the given) optimizer
+            if trainers:  # its optimizer, on the copy of the model's (or the given) one
                 settings["optimizer"] = _guard(
-                    lambda: hspg[0].training_optimizer(compressed, settings["optimizer"], steps),
-                    "cannot make the HSPG optimizer",
+                    lambda: trainers[0].training_optimizer(
+                        compressed, settings["optimizer"], steps
+                    ),
+                    f"cannot make the training optimizer of {type(trainers[0]).__name__}",
                 )
             compressed.compile(**settings)
             trainer = compressed
