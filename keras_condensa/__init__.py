@@ -16,7 +16,7 @@ kc.summary(final)
 
 import importlib as _importlib
 
-from keras_condensa import optimizers
+from keras_condensa import codec, optimizers
 from keras_condensa.callbacks import UpdateMasks, callbacks, scheme_of
 from keras_condensa.channel_cost import latency_table
 from keras_condensa.dependency import ChannelRule, register_channel_rule
@@ -25,10 +25,12 @@ from keras_condensa.lc import LC
 from keras_condensa.operators import (
     BlockPrune,
     ChannelGates,
+    Cluster,
     Compose,
     FilterPrune,
     HSPGPrune,
     MaskOperator,
+    MultiHash,
     NeuronPrune,
     NMPrune,
     Operator,
@@ -37,6 +39,7 @@ from keras_condensa.operators import (
     Quantize,
     SoftThresholdPrune,
     StructurePrune,
+    Unify,
 )
 from keras_condensa.prunable import PrunableLayer, PruneSpec, register_prunable
 from keras_condensa.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
@@ -49,6 +52,7 @@ from keras_condensa.wrappers import CompressionWrapper
 __all__ = [
     "BlockPrune",
     "ChannelGates",
+    "Cluster",
     "ChannelRule",
     "Compose",
     "ConstantSparsity",
@@ -65,15 +69,18 @@ __all__ = [
     "Distiller",
     "LC",
     "MaskOperator",
+    "MultiHash",
     "PruningOperator",
     "Quantize",
     "PruningSchedule",
     "SoftThresholdPrune",
     "StructurePrune",
+    "Unify",
     "Summary",
     "UpdateMasks",
     "__version__",
     "callbacks",
+    "codec",
     "distill",
     "latency_table",
     "optimizers",

@@ -23,9 +23,11 @@ the grammar once its module is imported.
 from keras_condensa.operators import (
     BlockPrune,
     ChannelGates,
+    Cluster,
     Compose,
     FilterPrune,
     HSPGPrune,
+    MultiHash,
     NeuronPrune,
     NMPrune,
     Operator,
@@ -33,6 +35,7 @@ from keras_condensa.operators import (
     Quantize,
     SoftThresholdPrune,
     StructurePrune,
+    Unify,
 )
 
 # The built-in operators, in the order the help lists them.
@@ -46,6 +49,9 @@ _BUILT_IN = (
     SoftThresholdPrune,
     ChannelGates,
     HSPGPrune,
+    Cluster,
+    Unify,
+    MultiHash,
     Quantize,
 )
 
@@ -88,6 +94,9 @@ ARGUMENTS = {
     "RxC": (_block, "block rows x columns"),
     "COST": (_cost, "the cost a budget counts: flops, params or latency"),
     "B": (_number(float, "the budget"), "budget in (0, 1], the fraction of the dense cost"),
+    "K": (_number(int, "the cluster count"), "number of shared values of each weight"),
+    "RATE": (_number(float, "the rate weight"), "loss added per kilobyte of coded weights"),
+    "R": (_number(float, "the ratio"), "trainable variables per covered weight, in (0, 1)"),
 }
 
 
