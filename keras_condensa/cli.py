@@ -55,14 +55,8 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 _QUANTIZE_CHOICES = ("none", "float16", "dynamic", "int8")
-_OBJECTIVES = (
-    "tflite_bytes",
-    "tflite_gzip_bytes",
-    "litert_latency_ms",
-    "nonzero_params",
-    "params",
-    "keras_latency_ms",
-)
+_OBJECTIVES = ("tflite_bytes", "tflite_gzip_bytes", "litert_latency_ms", "coded_bytes")
+_OBJECTIVES += ("nonzero_params", "params", "keras_latency_ms")
 
 
 def cmd_compress(args, out):

@@ -30,12 +30,16 @@ _INPUTS = {
     "demo": (),
 }
 _OUTPUTS = {
-    "compress": ("out", ".keras"),
+    "compress": ("out", (".keras", ".kcz")),
     "search": ("out", None),
-    "export": ("out", ".tflite"),
+    "export": ("out", (".tflite",)),
     "demo": ("out", None),
 }
-_WRITES = {".keras": "a .keras model", ".tflite": "a LiteRT (.tflite) file"}
+_WRITES = {
+    ".keras": "a .keras model",
+    ".kcz": "an entropy-coded model (.kcz, kc.codec)",
+    ".tflite": "a LiteRT (.tflite) file",
+}
 
 
 def int_at_least(minimum):
@@ -121,9 +125,10 @@ def _check_output(args, attr, extension):
         _check_writable(existing, flag)
         return
     if not path.lower().endswith(extension):
+        writes = " or ".join(_WRITES[e] for e in extension)
         raise UsageError(
-            f"{flag} {path}: {args.command} writes {_WRITES[extension]}; give a file name "
-            f"ending in {extension}"
+            f"{flag} {path}: {args.command} writes {writes}; give a file name "
+            f"ending in {' or '.join(extension)}"
         )
     if os.path.isdir(path):
         raise UsageError(f"{flag} {path} is a directory; give a file name")
@@ -198,10 +203,10 @@ def check_search_args(args):
 
 
 def load_model(path):
-    """Loads a `.keras` model, with keras_condensa's layers registered.
+    """Loads a `.keras` or `.kcz` model, with keras_condensa's layers registered.
 
     Raises:
-        UsageError: the file is missing, not a `.keras` file, or corrupt.
+        UsageError: the file is missing, not a `.keras` or `.kcz` file, or corrupt.
     """
     import keras
 
@@ -209,6 +214,13 @@ def load_model(path):
 
     if not os.path.isfile(path):
         raise UsageError(f"model file not found: {path}")
+    if path.lower().endswith(".kcz"):
+        from keras_condensa import codec
+
+        try:
+            return codec.load(path)
+        except codec.CodecError as e:
+            raise UsageError(f"cannot load model {path}: {one_line(e)}") from None
     if path.endswith(".keras"):
         _check_keras_archive(path)
     try:

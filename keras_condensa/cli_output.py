@@ -166,6 +166,7 @@ def print_compressed(args, result, out):
             "params": summary.params,
             "nonzeros": summary.nonzeros,
             "density": summary.density,
+            "coded_bytes": summary.coded_bytes,
             "layers": layer_rows(summary),
         }
     )

@@ -35,10 +35,13 @@ class Summary:
     Attributes:
         rows: a `LayerRow` per weighted layer.
         skipped: `{layer name: reason}` for weighted layers left dense.
+        coded_bytes: the size of the model's `kc.codec` file (`.kcz`), when
+            `kc.summary(model, coded=True)` measured it, else `None`.
     """
 
     rows: tuple
     skipped: dict
+    coded_bytes: int | None = None
 
     @property
     def params(self):
@@ -96,6 +99,11 @@ class Summary:
             f"{'total':<{width + 22}}{self.params:>10,}{self.nonzeros:>10,}{self.density:>9.3f}"
             f"{self.bytes:>11,}"
         )
+        if self.coded_bytes is not None:
+            lines.append(
+                f"coded (.kcz): {self.coded_bytes:,} bytes, "
+                f"{self.bytes / max(self.coded_bytes, 1):.1f}x smaller than the weights' bytes"
+            )
         if any(r.pruned for r in self.rows):
             lines.append(
                 f"* pruned layer; density of the masked weights: {self.masked_density:.4f}"
@@ -128,7 +136,7 @@ def _row(unit, weights, masked=(), covered=()):
     )
 
 
-def summary(model, print_fn=print):
+def summary(model, print_fn=print, coded=False):
     """Per-layer density, parameter count, nonzero count and bytes of a model.
 
     Works on wrapped models (the masked weights count) and on stripped or
@@ -137,6 +145,10 @@ def summary(model, print_fn=print):
     Args:
         model: a Keras model.
         print_fn: where the table goes; `None` prints nothing.
+        coded: also measure `coded_bytes`, the size of the file
+            `kc.codec.save` writes for the (stripped) model: positions and
+            values entropy-coded. It codes the whole model, which takes a
+            few seconds for millions of weights, so it is asked for.
 
     Returns:
         A `Summary`.
@@ -144,8 +156,8 @@ def summary(model, print_fn=print):
     Example:
 
     ```python
-    s = kc.summary(pruned)
-    s.density, s.nonzeros
+    s = kc.summary(pruned, coded=True)
+    s.density, s.nonzeros, s.coded_bytes
     ```
     """
     rows, skipped = [], {}
@@ -171,7 +183,12 @@ def summary(model, print_fn=print):
     never = masking.never_pruned(model)
     for name in never:
         skipped[name] = "its pruning schedule has not run: fit with callbacks=kc.callbacks(scheme)"
-    result = Summary(rows=tuple(rows), skipped=skipped)
+    coded_bytes = None
+    if coded:
+        from keras_condensa import codec  # noqa: PLC0415 - the codec strips: above summary
+
+        coded_bytes = codec.coded_bytes(model)
+    result = Summary(rows=tuple(rows), skipped=skipped, coded_bytes=coded_bytes)
     if print_fn is not None:
         print_fn(str(result))
     return result

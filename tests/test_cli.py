@@ -93,6 +93,31 @@ def test_compress_writes_the_stripped_model(files, tmp_path, capsys):
     assert not any(isinstance(layer, kc.CompressionWrapper) for layer in model.layers)
 
 
+def test_compress_to_kcz_then_export_reads_it(files, tmp_path, capsys):
+    out = str(tmp_path / "small.kcz")
+    code = cli.main(
+        ["compress", files["model"], "--data", files["data"], "--scheme", "prune:0.2+cluster:8",
+         "--epochs", "1", "--out", out, "--json"]
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["coded_bytes"] == os.path.getsize(out)
+    decoded = kc.codec.load(out)
+    kernel = np.asarray(decoded.get_layer("fc1").kernel)
+    assert np.unique(kernel[kernel != 0]).size <= 8
+    assert np.count_nonzero(kernel) / kernel.size < 0.3
+    tflite = str(tmp_path / "small.tflite")
+    assert cli.main(["export", out, "--data", files["data"], "--out", tflite, "--json"]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert exported["bytes"] == os.path.getsize(tflite)
+    assert exported["top1_agreement"] > 0.99
+    with open(out, "r+b") as f:  # a damaged file: one line, exit 2
+        f.seek(40)
+        f.write(b"\xff\xff")
+    assert cli.main(["export", out, "--out", str(tmp_path / "again.tflite")]) == 2
+    assert any("cannot load model" in line for line in _error_lines(capsys))
+
+
 def _bad_data(root, name, **arrays):
     path = str(root / name)
     np.savez(path, **arrays)

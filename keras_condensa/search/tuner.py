@@ -19,6 +19,7 @@ import keras_tuner
 import numpy as np
 from keras_tuner import errors as kt_errors
 
+from keras_condensa import codec
 from keras_condensa.bench import keras_latency_ms
 from keras_condensa.search import project, results
 from keras_condensa.search.arguments import check_arguments, floor, to_objective, unpack
@@ -46,6 +47,7 @@ BASE_METRICS = (
     "params",
     "density",
     "keras_latency_ms",
+    "coded_bytes",
     "fine_tune_epochs",
 )
 # Metrics reported only when the trial exports a LiteRT file.
@@ -78,9 +80,10 @@ class CompressionTuner(results.TunerResults, keras_tuner.Tuner):
     from predictions), `val_accuracy_std` (its standard error on that many
     samples: paired with the dense model's for a relative floor, see
     `workflows.measure.accuracy_error`; the oracle adds it to the noise),
-    `nonzero_params`, `params`, `density` (nonzeros /
-    params), `keras_latency_ms` (median batch-1 `model(x)` time),
-    `fine_tune_epochs` (epochs run: fewer after an early stop). When the
+    `nonzero_params`, `params`, `density` (nonzeros / params),
+    `keras_latency_ms` (median batch-1 `model(x)` time), `coded_bytes` (the
+    size of its `kc.codec` file), `fine_tune_epochs` (epochs run: fewer
+    after an early stop). When the
     objective is `tflite_bytes`, `tflite_gzip_bytes` or `litert_latency_ms`
     (or `export=True`), the trial also exports with `tflite_export` and
     reports all three.
@@ -417,6 +420,7 @@ class CompressionTuner(results.TunerResults, keras_tuner.Tuner):
             "params": float(stats.params),
             "density": float(stats.nonzeros) / max(float(stats.params), 1.0),
             "keras_latency_ms": keras_latency_ms(final, self.x_val, runs=15, warmup=3)["p50_ms"],
+            "coded_bytes": float(codec.coded_bytes(final)),
             "fine_tune_epochs": float(tuned.epochs_run),
         }
         trial_dir = self.get_trial_dir(trial.trial_id)

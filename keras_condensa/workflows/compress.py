@@ -4,7 +4,7 @@ import dataclasses
 
 import keras
 
-from keras_condensa import Summary
+from keras_condensa import Summary, codec
 from keras_condensa import summary as model_summary
 from keras_condensa.workflows.files import save_model_atomically
 from keras_condensa.workflows.fine_tune import fine_tune, outputs_logits
@@ -58,7 +58,8 @@ def compress(
         batch_size: training batch size.
         shrink: remove the channels structured pruning zeroed (`kc.shrink`).
         seed: optional seed of the fine-tuning.
-        out: optional `.keras` path the result is saved to (atomically).
+        out: optional path the result is saved to (atomically): a `.keras`
+            model, or a `.kcz` file (`kc.codec.save`: entropy-coded weights).
 
     Returns:
         A `Compressed`.
@@ -90,8 +91,10 @@ def compress(
         from_logits=outputs_logits(model, data["x_val"]),
     )
     lines = []
-    stats = model_summary(tuned.model, print_fn=lines.append)
-    if out is not None:
+    stats = model_summary(tuned.model, print_fn=lines.append, coded=True)
+    if out is not None and str(out).lower().endswith(".kcz"):
+        codec.save(tuned.model, out)
+    elif out is not None:
         save_model_atomically(tuned.model, out)
     return Compressed(
         model=tuned.model,
