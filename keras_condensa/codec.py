@@ -50,6 +50,7 @@ from keras import ops
 from keras_condensa import codec_format as fmt
 from keras_condensa import masking
 from keras_condensa.codec_format import FORMAT_VERSION, CodecError
+from keras_condensa.files import write_atomically
 from keras_condensa.stripping import strip
 
 __all__ = ["FORMAT_VERSION", "CodecError", "coded_bytes", "decode", "encode", "load", "save"]
@@ -100,8 +101,6 @@ def save(model, path):
     if not path.endswith(SUFFIX):
         raise ValueError(f"A kc.codec file name must end in {SUFFIX!r}. Received: path={path!r}")
     data = encode(model)
-    from keras_condensa.workflows.files import write_atomically  # noqa: PLC0415 - above the core
-
     write_atomically(path, data)
     return len(data)
 

@@ -9,7 +9,7 @@ import io
 import math
 import numbers
 
-from keras_condensa.workflows.files import write_atomically
+from keras_condensa.files import write_atomically
 
 #: The measured metrics of a trial, as the tuner reports them.
 METRIC_COLUMNS = (

@@ -10,7 +10,7 @@ import os
 
 from keras_tuner.src import utils as kt_utils
 
-from keras_condensa.workflows.files import write_json_atomically
+from keras_condensa.files import write_json_atomically
 
 
 class AtomicState:

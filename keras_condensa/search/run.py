@@ -16,6 +16,7 @@ import time
 import keras
 
 from keras_condensa import report
+from keras_condensa.files import save_model_atomically, write_atomically
 from keras_condensa.operators import (
     ChannelGates,
     Compose,
@@ -33,7 +34,6 @@ from keras_condensa.search.results import estimate_columns, finite
 from keras_condensa.search.tuner import CompressionTuner
 from keras_condensa.summary import summary as model_summary
 from keras_condensa.workflows.deploy import export_measured
-from keras_condensa.workflows.files import save_model_atomically, write_atomically
 from keras_condensa.workflows.measure import layer_rows
 
 #: Files a finished search writes into its output directory; `report.md` last.

@@ -21,6 +21,7 @@ from keras_tuner import errors as kt_errors
 
 from keras_condensa import codec
 from keras_condensa.bench import keras_latency_ms
+from keras_condensa.files import save_model_atomically, write_json_atomically
 from keras_condensa.search import project, results
 from keras_condensa.search.arguments import check_arguments, floor, to_objective, unpack
 from keras_condensa.search.confidence import DEFAULT_CONFIDENCE, check_confidence
@@ -29,7 +30,6 @@ from keras_condensa.search.evidence import Evidence
 from keras_condensa.search.oracle import ConstrainedBayesianOracle
 from keras_condensa.summary import summary as model_summary
 from keras_condensa.workflows.deploy import export_measured
-from keras_condensa.workflows.files import save_model_atomically, write_json_atomically
 from keras_condensa.workflows.fine_tune import SchemeError, check_method, fine_tune
 from keras_condensa.workflows.measure import (
     accuracy,

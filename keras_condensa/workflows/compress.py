@@ -6,7 +6,7 @@ import keras
 
 from keras_condensa import Summary, codec
 from keras_condensa import summary as model_summary
-from keras_condensa.workflows.files import save_model_atomically
+from keras_condensa.files import save_model_atomically
 from keras_condensa.workflows.fine_tune import fine_tune, outputs_logits
 from keras_condensa.workflows.measure import model_accuracy
 

@@ -1,4 +1,4 @@
-"""The one atomic write of the library: models, LiteRT files, JSON and text.
+"""The one atomic write of the library: models, LiteRT and .kcz files, JSON and text.
 
 Every file the library writes for a user goes to a temporary name in the
 destination's directory and is renamed into place (`os.replace`), so an
