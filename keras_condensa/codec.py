@@ -364,7 +364,10 @@ def _shortest(words, streams):
     for candidate in sorted(set(candidates), key=len):
         if len(candidate) >= len(full):
             break
-        decoded = _decode_streams(candidate, sizes)
+        try:
+            decoded = _decode_streams(candidate, sizes)
+        except (AssertionError, ValueError, RuntimeError):  # constriction: not decodable
+            continue
         if all(np.array_equal(d, i) for d, (i, _) in zip(decoded, streams, strict=True)):
             return candidate
     return full
@@ -398,7 +401,7 @@ def _arrays(specs, index_data, raw, source):
     streams = [(int(np.sum(c)), c) for _, _, _, c in specs if c is not None and len(c) > 1]
     try:
         indices = iter(_decode_streams(index_data, streams))
-    except (ValueError, RuntimeError) as error:
+    except (AssertionError, ValueError, RuntimeError) as error:
         raise CodecError(
             f"{source} is corrupt: its index stream does not decode ({error})."
         ) from error
