@@ -25,6 +25,7 @@ from keras_condensa.operators import (
     ChannelGates,
     Cluster,
     Compose,
+    EntropyCoded,
     FilterPrune,
     HSPGPrune,
     MultiHash,
@@ -51,6 +52,7 @@ _BUILT_IN = (
     HSPGPrune,
     Cluster,
     Unify,
+    EntropyCoded,
     MultiHash,
     Quantize,
 )

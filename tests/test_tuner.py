@@ -190,6 +190,23 @@ def test_early_stop_reports_infeasible_trial(dense, tmp_path):
     assert tuner.best_trial().trial_id == trial.trial_id  # The closest to feasible.
 
 
+def test_a_rate_weight_that_collapses_the_model_is_an_infeasible_trial(dense, tmp_path):
+    def collapsing(hp):
+        return kc.EntropyCoded(rate_weight=hp.Float("rate_weight", 1e6, 1e7, sampling="log"))
+
+    tuner = _tuner(
+        dense, tmp_path, scheme=collapsing, objective="coded_bytes", max_trials=1,
+        max_accuracy_drop=0.05,
+    )
+    with pytest.warns(UserWarning, match="No trial met the constraint"):
+        tuner.search()
+    (trial,) = tuner.oracle.trials.values()
+    assert trial.status == "COMPLETED"  # recorded, not crashed
+    assert trial.metrics.get_last_value("val_accuracy") < tuner.accuracy_floor
+    assert 0 < trial.metrics.get_last_value("coded_bytes") < kc.codec.coded_bytes(dense[0])
+    assert not tuner.pareto()
+
+
 def test_nan_loss_fails_the_trial(dense, tmp_path):
     tuner = _tuner(
         dense, tmp_path, scheme=_single_density(0.5), max_trials=1,

@@ -3,6 +3,7 @@
 from keras_condensa.operators.base import Operator
 from keras_condensa.operators.cluster import Cluster
 from keras_condensa.operators.compose import Compose
+from keras_condensa.operators.entropy_coded import EntropyCoded
 from keras_condensa.operators.gates import ChannelGates
 from keras_condensa.operators.hspg_prune import HSPGPrune
 from keras_condensa.operators.mask import MaskOperator, PruningOperator
@@ -20,6 +21,7 @@ __all__ = [
     "ChannelGates",
     "Cluster",
     "Compose",
+    "EntropyCoded",
     "FilterPrune",
     "HSPGPrune",
     "Item",
