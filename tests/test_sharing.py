@@ -56,6 +56,16 @@ def test_cluster_keeps_pruned_zeros_exactly(trained_lenet):
         assert np.unique(kernel).size <= 16
 
 
+def test_cluster_alone_keeps_the_zeros_of_a_pruned_model(trained_lenet, digits):
+    model, _ = trained_lenet
+    x_train, y_train, _, _ = digits
+    pruned = kc.strip(kc.Prune(density=0.1).apply(model))
+    clustered = compile_classifier(kc.Cluster(clusters=8).apply(pruned))
+    clustered.fit(x_train, y_train, epochs=1, batch_size=64, verbose=0)
+    for name, kernel in kernels(kc.strip(clustered)).items():
+        np.testing.assert_array_equal(kernel != 0, kernels(pruned)[name] != 0)
+
+
 def test_cluster_biases_too(trained_lenet):
     model, _ = trained_lenet
     final = kc.strip(kc.Compose([kc.Prune(0.1), kc.Cluster(8, bias=True)]).apply(model))

@@ -145,7 +145,18 @@ class Cluster(Operator):
             "clustered": wrapper.add_weight(
                 name=f"{prefix}_clustered", shape=(), initializer="zeros", trainable=False
             ),
+            # 0 where the weight was zero when clustered (pruned before): it stays zero.
+            "live": wrapper.add_weight(
+                name=f"{prefix}_live",
+                shape=variable.shape,
+                initializer="ones",
+                trainable=False,
+            ),
         }
+
+    def _zero(self, state, value):
+        """Where the weight is zero: zero now (a pruner before this one), or when clustered."""
+        return ops.logical_or(ops.equal(value, 0), ops.equal(state["live"], 0))
 
     def shared(self, state, value):
         """Each weight's centroid (`±centroid` when symmetric), zeros kept."""
@@ -153,11 +164,14 @@ class Cluster(Operator):
         shared = ops.take(centroids, state["labels"])
         if self.symmetric:
             shared = ops.sign(value) * shared
-        return ops.where(ops.equal(value, 0), ops.zeros((), value.dtype), shared)
+        return ops.where(self._zero(state, value), ops.zeros((), value.dtype), shared)
 
     def transform(self, state, value, training):
-        # Centroid values forward; the gradient reaches both the centroids and the weights.
-        out = self.shared(state, value) + (value - ops.stop_gradient(value))
+        # Centroid values forward; the gradient reaches both the centroids and the weights,
+        # and not the zeros, which stay zero.
+        zero = ops.zeros((), value.dtype)
+        moved = ops.where(self._zero(state, value), zero, value - ops.stop_gradient(value))
+        out = self.shared(state, value) + moved
         return ops.where(ops.not_equal(state["clustered"], 0), out, value)
 
     def finalize(self, state, value):
@@ -185,6 +199,7 @@ class Cluster(Operator):
                     centroids, labels = self._cluster(item, path, value)
                     context.assign(state["centroids"], centroids.astype(state["centroids"].dtype))
                     context.assign(state["clustered"], np.asarray(1.0, "float32"))
+                    context.assign(state["live"], (value != 0).astype(state["live"].dtype))
                 else:
                     centroids = np.asarray(ops.convert_to_numpy(state["centroids"]), "float64")
                     labels = _nearest(self._points(value), centroids)
