@@ -192,7 +192,8 @@ def test_early_stop_reports_infeasible_trial(dense, tmp_path):
 
 def test_a_rate_weight_that_collapses_the_model_is_an_infeasible_trial(dense, tmp_path):
     def collapsing(hp):
-        return kc.EntropyCoded(rate_weight=hp.Float("rate_weight", 1e6, 1e7, sampling="log"))
+        rate = hp.Float("rate_weight", 1e6, 1e7, sampling="log")
+        return kc.EntropyCoded(rate_weight=rate, init_step=4.0)  # a coarse grid: it collapses
 
     tuner = _tuner(
         dense, tmp_path, scheme=collapsing, objective="coded_bytes", max_trials=1,

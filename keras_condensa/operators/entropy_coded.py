@@ -1,12 +1,12 @@
 """`EntropyCoded`: weights as integer latents under a learned prior, trained with a rate penalty.
 
-After Oktay et al. 2019/2020, "Scalable Model Compression by Entropy Penalized
-Reparameterization". Each covered kernel is represented by integer latents
-`z`, decoded by an affine scalar transform `w = scale * z + shift`, and a
-learned probability model of the latents (one per kernel, a mixture of
+After Oktay et al. 2020, "Scalable Model Compression by Entropy Penalized
+Reparameterization" (ICLR). Each covered weight is represented by integer
+latents `z`, decoded by a scalar affine transform (`w = scale * z`), and a
+learned probability model of the latents (one per weight tensor, a mixture of
 discretized logistics) gives their code length in bits. Training minimizes the
-task loss plus `rate_weight` times the kilobytes the latents would take under
-that model, so the accuracy / size trade-off is one number.
+task loss plus `rate_weight` times the kilobytes the latents take under that
+model, so the accuracy / size trade-off is one number.
 """
 
 import math
@@ -47,9 +47,10 @@ def log2_probability(latents, loc, log_scale, logits):
 
     A component with location `loc` and scale `exp(log_scale)` gives the
     integer `z` the mass of its logistic distribution over `[z - 0.5, z +
-    0.5]`; the components are mixed with `softmax(logits)`. Evaluated at a
-    latent plus uniform noise in `[-0.5, 0.5)` it is the density of the
-    noisy latent, whose expectation bounds the code length of the rounded
+    0.5]`; the components are mixed with `softmax(logits)`. At an integer it
+    is the probability an entropy coder codes it with; evaluated at a latent
+    plus uniform noise in `[-0.5, 0.5)` it is the density of the noisy
+    latent, a differentiable stand-in for the code length of the rounded
     one (Ballé et al.'s relaxation).
 
     Args:
@@ -101,57 +102,80 @@ def _zeros_kept(value, decoded):
 
 @keras.saving.register_keras_serializable(package="keras_condensa")
 class EntropyCoded(Operator):
-    """Entropy-penalized reparameterization: weights coded as few bits as training allows.
+    """Entropy-penalized reparameterization: weights in as few coded bits as training allows.
 
-    Each covered kernel `w` is represented by latents `z` (one per weight)
-    and decoded as `w = scale * round(z) + shift`, with a trainable `scale`
-    and `shift` per kernel. A learned probability model of the integer
-    latents (per kernel: a mixture of `components` discretized logistics with
-    trainable locations, scales and weights) gives their code length, and
+    Each covered kernel `w` is represented by latents `z`, one per weight,
+    and decoded as `w = scale * round(z)` (with `shift=True`:
+    `scale * (round(z) + offset)`), with a trainable `scale` (and `offset`)
+    per kernel. A learned probability model of the integer latents (per
+    kernel: a mixture of `components` discretized logistics with trainable
+    locations, scales and weights) gives their code length, and
     `rate_weight` times that length in kilobytes (`bits / 8192`) is added to
-    the training loss. Training then trades accuracy against coded size:
-    latents gather on a few integers (most on one) and the grid coarsens.
+    the training loss. Training then trades accuracy against coded size: the
+    latents gather on a few integers, most on 0.
 
     Rounding is relaxed during training. With `relaxation="straight_through"`
     (default, as in the paper) the forward pass uses `round(z)` and the
-    gradient passes through the rounding as if it were the identity; with
-    `"noise"` it uses `z + u`, `u ~ U(-0.5, 0.5)`. Either way the rate is
-    the code length of `z + u`, whose expectation bounds that of `round(z)`.
-    At inference and in `kc.strip` the weights are exactly
-    `scale * round(z) + shift` (float32), a few distinct values per kernel
-    that an entropy coder (`kc.codec`) stores in about the bits the rate
-    counted.
+    gradient goes through the rounding as if it were the identity; with
+    `"noise"` the forward pass uses `z + u`, `u ~ U(-0.5, 0.5)`. Either way
+    the rate is the code length of `z + u` under the prior (Ballé et al.'s
+    relaxation of the code length of `round(z)`). On LeNet-300-100 the two
+    match at small rate weights; at `rate_weight=3` (10 epochs of Adam 1e-3,
+    `init_step=0.5`, 3 seeds) straight-through kept 94.3% accuracy in 0.85
+    KB of kernels, noise 87.0% in 1.33 KB.
 
-    The layer's kernel variable stores `z * step`, where `step` (fixed at
-    `apply`) is the kernel's standard deviation / 4: it starts as the weight
-    itself, and Adam's step size moves a latent by about
-    `learning_rate / step` per training step. The decoder's `scale` starts at
-    `step`, so the model starts as the weights rounded to a grid of a
-    quarter of their standard deviation (about 3 bits each).
+    At inference and in `kc.strip` the weights are exactly the decoded
+    integers (float32): a few distinct values per kernel, latent 0 exactly
+    `+0.0`, so that `kc.codec` stores them in about the bits the prior
+    counts (after fine-tuning, the learned prior prices them within a few
+    percent of their empirical entropy).
+
+    The layer's kernel variable holds `z * step`, where `step` (set at
+    `apply` from the weights as they come in) is `init_step` times the
+    kernel's standard deviation: it starts as the weight itself, and Adam
+    moves a latent by about `learning_rate / step` per training step. The
+    decoder's `scale` starts at `step`, so the model starts as the weights
+    rounded to that grid; the scale and the prior's parameters are stored
+    divided by 20 so that Adam moves them fast enough for a short
+    fine-tuning.
 
     A weight that is exactly zero when it reaches this operator (pruned by
-    an operator before it in a `kc.Compose`) stays exactly zero.
+    an operator before it in a `kc.Compose`) stays exactly zero; the rate
+    counts it as latent 0, as a coder of the stripped weight codes it.
 
-    `rate_weight` is the loss one kilobyte of latents costs, next to the
-    task loss (cross-entropy): on LeNet-300-100 (digits, 10 epochs of Adam
-    1e-3 from dense weights), 0.01 to 1 span from ~free bits to ~? KB
-    (`benchmarks/entropy_coded.py`).
+    Measured on LeNet-300-100 (scikit-learn digits; 20 dense epochs,
+    accuracy 97.6%, float32 weights 202 KB; defaults but `rate_weight`;
+    batch 32; means of 3 seeds): after 20 epochs of Adam from 1e-3 with
+    cosine decay to 0, `rate_weight` 0.01 and 0.1 gave 14.5 and 11.3 KB of
+    coded kernels at 97.3% accuracy; with `biases=True`, 0.3, 1 and 2 gave
+    `kc.codec` files of 7.1, 2.9 and 1.6 KB at 97.2, 96.7 and 96.2%. After
+    10 epochs at a constant 1e-3, 0.01, 0.1 and 1 gave 16.1, 14.2 and 2.6 KB
+    of kernels at 96.6, 96.3 and 95.7%.
 
     Args:
-        rate_weight: loss added per kilobyte of coded latents, a number >= 0.
+        rate_weight: the loss one kilobyte of coded latents costs, next to
+            the task loss, a number >= 0 (0.01 to 1 on small models; 0:
+            no penalty, quantization-aware training on the initial grid).
         components: logistic components of each kernel's prior, 1 to 16.
+        init_step: the initial grid step, in standard deviations of each
+            kernel (0.5: about 3 bits per weight at the start).
         relaxation: `"straight_through"` or `"noise"` (see above).
-        include: layer names or classes to cover (default: every kernel).
+        shift: also train an offset of the grid (latent 0 then decodes to a
+            nonzero value: no exact zeros but pruned ones).
+        biases: also code the layers' biases (the paper codes every
+            parameter; in a LeNet-300-100 file the float32 biases are 1.6 KB).
+        include: layer names or classes to cover (default: all supported).
         exclude: layer names or classes to leave untouched.
 
     Example:
 
     ```python
-    scheme = kc.EntropyCoded(rate_weight=0.1)
+    scheme = kc.EntropyCoded(rate_weight=1.0, biases=True)
     coded = scheme.apply(model)
-    coded.compile(...)
-    coded.fit(x, y, epochs=10, callbacks=kc.callbacks(scheme))
-    final = kc.strip(coded)     # each kernel on its grid: scale * integer + shift
+    decay = keras.optimizers.schedules.CosineDecay(1e-3, decay_steps=20 * steps_per_epoch)
+    coded.compile(keras.optimizers.Adam(decay), loss, metrics=["accuracy"])
+    coded.fit(x, y, epochs=20, batch_size=32)
+    kc.codec.save(kc.strip(coded), "model.kcz")  # LeNet-300-100 on digits: about 3 KB
     ```
     """
 
@@ -165,7 +189,7 @@ class EntropyCoded(Operator):
         self,
         rate_weight=0.1,
         components=3,
-        init_step=1.0,
+        init_step=0.5,
         relaxation="straight_through",
         shift=False,
         biases=False,
@@ -186,7 +210,7 @@ class EntropyCoded(Operator):
         if not is_real(init_step) or not 0 < init_step < math.inf:
             raise ValueError(
                 "init_step is the initial grid step in standard deviations of each weight and "
-                f"must be a positive number (e.g. 1.0). Received: init_step={init_step!r}"
+                f"must be a positive number (e.g. 0.5). Received: init_step={init_step!r}"
             )
         if relaxation not in RELAXATIONS:
             raise ValueError(
@@ -205,11 +229,16 @@ class EntropyCoded(Operator):
 
     def build(self, wrapper, path, variable):
         prefix = path.replace(".", "_")
+        # From the variable as it is now; `update` sets them again at `apply`, from the
+        # weights copied in (and loading a saved model restores them).
         step, loc, log_scale, logits = _initial_state(
             ops.convert_to_numpy(variable), self.components, self.init_step
         )
 
-        def weight(name, value, trainable=True, shape=(self.components,)):
+        # Without a rate, nothing trains the prior (and Keras would warn of missing gradients).
+        rated = bool(self.rate_weight)
+
+        def weight(name, value, trainable=rated, shape=(self.components,)):
             return wrapper.add_weight(
                 name=f"{prefix}_{name}",
                 shape=shape,
@@ -219,14 +248,14 @@ class EntropyCoded(Operator):
 
         state = {
             "step": weight("ec_step", step, trainable=False, shape=()),
-            "log_scale": weight("ec_log_scale", 0.0, shape=()),
+            "log_scale": weight("ec_log_scale", 0.0, trainable=True, shape=()),
             "prior_loc": weight("ec_prior_loc", loc / _SPEED),
             "prior_log_scale": weight("ec_prior_log_scale", log_scale / _SPEED),
             "prior_logits": weight("ec_prior_logits", logits / _SPEED),
             "seed": keras.random.SeedGenerator(),
         }
         if self.shift:
-            state["offset"] = weight("ec_offset", 0.0, shape=())
+            state["offset"] = weight("ec_offset", 0.0, trainable=True, shape=())
         return state
 
     # -- the decoder and the prior ----------------------------------------------
@@ -235,7 +264,7 @@ class EntropyCoded(Operator):
         return value / ops.cast(state["step"], value.dtype)
 
     def decode(self, state, latents):
-        """`scale * latents + shift`, in the latents' dtype."""
+        """The weight the latents decode to: `scale * latents` (`+ scale * offset` with a shift)."""
         dtype = latents.dtype
         step = ops.cast(state["step"], dtype)
         scale = step * ops.exp(ops.cast(state["log_scale"], dtype) * _SPEED)
@@ -244,7 +273,7 @@ class EntropyCoded(Operator):
         return scale * (latents + ops.cast(state["offset"], dtype))
 
     def bits(self, state, latents):
-        """Code length in bits of `latents` (integers, or relaxed) under the kernel's prior."""
+        """Code length in bits of `latents` (integers, or relaxed) under the weight's prior."""
         latents = ops.cast(latents, "float32")
         log2p = log2_probability(
             latents,
@@ -283,7 +312,7 @@ class EntropyCoded(Operator):
 
     # -- host side ------------------------------------------------------------
     def update(self, items, context):
-        """At `apply`: sets each kernel's grid and prior from its weights as they come in.
+        """At `apply`: sets each weight's grid and prior from its values as they come in.
 
         During `fit` (it has no schedule) it does nothing: all is trained.
         """
