@@ -226,9 +226,20 @@ def _labels_of_runs(x, distinct, starts):
     return np.asarray(np.searchsorted(distinct[starts[1:]], x, side="right"), np.int32)
 
 
-def _nearest(x, centroids):
-    """Index of each value's nearest centroid (sorted centroids)."""
-    return np.asarray(np.searchsorted((centroids[1:] + centroids[:-1]) / 2, x), np.int32)
+def nearest(values, centroids):
+    """Index of each value's nearest centroid.
+
+    Args:
+        values: an array.
+        centroids: a 1-D array, in any order (trained centroids need not stay sorted).
+
+    Returns:
+        An int32 array shaped like `values`, indexes into `centroids`.
+    """
+    centroids = np.asarray(centroids)
+    order = np.argsort(centroids, kind="stable")
+    ranked = centroids[order]
+    return np.asarray(order[np.searchsorted((ranked[1:] + ranked[:-1]) / 2, values)], np.int32)
 
 
 def _run_means(mean, w, s1, s2, bounds):
@@ -308,7 +319,7 @@ def _lloyd(distinct, counts, centroids, max_iter, sums):
         new = np.r_[0, cuts, distinct.size]
         empty = np.flatnonzero(np.diff(new) == 0)
         if empty.size:  # move empty clusters' centroids to the worst-served values
-            err_each = counts * (distinct - centroids[_nearest(distinct, centroids)]) ** 2
+            err_each = counts * (distinct - centroids[nearest(distinct, centroids)]) ** 2
             far = np.argpartition(err_each, -empty.size)[-empty.size :]
             centroids = np.sort(np.r_[np.delete(centroids, empty), distinct[far]])
             continue
@@ -358,7 +369,7 @@ def kmeans_plus_plus(values, clusters, seed=0, n_init=3, max_iter=100):
         if best is None or err < best_err:
             best, best_err = bounds, err
     centroids = _cluster_means(distinct, counts, best)
-    return centroids, _nearest(np.asarray(x, np.float64), centroids)
+    return centroids, nearest(np.asarray(x, np.float64), centroids)
 
 
 def sse(values, centroids, labels):

@@ -202,7 +202,7 @@ class Cluster(Operator):
                     context.assign(state["live"], (value != 0).astype(state["live"].dtype))
                 else:
                     centroids = np.asarray(ops.convert_to_numpy(state["centroids"]), "float64")
-                    labels = _nearest(self._points(value), centroids)
+                    labels = kmeans1d.nearest(self._points(value), centroids)
                 context.assign(state["labels"], labels.astype("int32"))
 
     def _points(self, value):
@@ -250,10 +250,3 @@ class Cluster(Operator):
         )
         return config
 
-
-def _nearest(points, centroids):
-    """Index of each point's nearest centroid (centroids need not be sorted)."""
-    order = np.argsort(centroids, kind="stable")
-    ranked = centroids[order]
-    edges = (ranked[1:] + ranked[:-1]) / 2
-    return order[np.searchsorted(edges, points)]
