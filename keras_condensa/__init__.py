@@ -21,6 +21,7 @@ from keras_condensa.callbacks import UpdateMasks, callbacks, scheme_of
 from keras_condensa.channel_cost import latency_table
 from keras_condensa.dependency import ChannelRule, register_channel_rule
 from keras_condensa.distill import Distiller, distill
+from keras_condensa.flops import flops
 from keras_condensa.lc import LC
 from keras_condensa.operators import (
     BlockPrune,
@@ -84,6 +85,7 @@ __all__ = [
     "callbacks",
     "codec",
     "distill",
+    "flops",
     "latency_table",
     "optimizers",
     "register_channel_rule",

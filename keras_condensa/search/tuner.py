@@ -22,6 +22,7 @@ from keras_tuner import errors as kt_errors
 from keras_condensa import codec
 from keras_condensa.bench import keras_latency_ms
 from keras_condensa.files import save_model_atomically, write_json_atomically
+from keras_condensa.flops import flops
 from keras_condensa.search import project, results
 from keras_condensa.search.arguments import check_arguments, floor, to_objective, unpack
 from keras_condensa.search.confidence import DEFAULT_CONFIDENCE, check_confidence
@@ -48,6 +49,7 @@ BASE_METRICS = (
     "density",
     "keras_latency_ms",
     "coded_bytes",
+    "flops",
     "fine_tune_epochs",
 )
 # Metrics reported only when the trial exports a LiteRT file.
@@ -82,7 +84,8 @@ class CompressionTuner(results.TunerResults, keras_tuner.Tuner):
     `workflows.measure.accuracy_error`; the oracle adds it to the noise),
     `nonzero_params`, `params`, `density` (nonzeros / params),
     `keras_latency_ms` (median batch-1 `model(x)` time), `coded_bytes` (the
-    size of its `kc.codec` file), `fine_tune_epochs` (epochs run: fewer
+    size of its `kc.codec` file), `flops` (`kc.flops`: per sample; with
+    `shrink=True` the removed channels no longer count), `fine_tune_epochs` (epochs run: fewer
     after an early stop). When the
     objective is `tflite_bytes`, `tflite_gzip_bytes` or `litert_latency_ms`
     (or `export=True`), the trial also exports with `tflite_export` and
@@ -421,6 +424,7 @@ class CompressionTuner(results.TunerResults, keras_tuner.Tuner):
             "density": float(stats.nonzeros) / max(float(stats.params), 1.0),
             "keras_latency_ms": keras_latency_ms(final, self.x_val, runs=15, warmup=3)["p50_ms"],
             "coded_bytes": float(codec.coded_bytes(final)),
+            "flops": float(flops(final)),
             "fine_tune_epochs": float(tuned.epochs_run),
         }
         trial_dir = self.get_trial_dir(trial.trial_id)

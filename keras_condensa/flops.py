@@ -1,0 +1,100 @@
+"""`flops`: the floating-point operations one sample costs a model's kernel layers.
+
+A search that removes channels (`kc.shrink`) or runs blocks (`kc.BlockDiagonalPrune`)
+saves arithmetic; `flops` counts it, as the tuner's `flops` metric.
+"""
+
+import math
+
+import keras
+
+_KERNELS = ("kernel", "depthwise_kernel")
+
+
+def _output_shape(layer):
+    try:
+        shape = layer.output.shape
+    except (AttributeError, ValueError):  # Never called, or called more than once.
+        return None
+    return tuple(shape) if all(d is not None for d in shape[1:]) else None
+
+
+def _outputs_per_position(kernel_shape, output_shape):
+    """How many output values one application of the kernel writes.
+
+    The longest trailing run of kernel dimensions that the output ends with (a
+    Dense's units, a convolution's filters, an `EinsumDense`'s heads and
+    features); otherwise the output's last dimension (a depthwise convolution's
+    channels times its multiplier, a block layer's features).
+    """
+    run = 1
+    for k, o in zip(reversed(kernel_shape), reversed(output_shape[1:]), strict=False):
+        if k != o:
+            break
+        run *= k
+    return run if run > 1 else output_shape[-1]
+
+
+def _kernel(layer):
+    for name in _KERNELS:
+        kernel = getattr(layer, name, None)
+        if isinstance(kernel, keras.Variable):
+            return kernel
+    return None
+
+
+def layer_flops(layer, positions=1):
+    """`2 x` the multiply-accumulates of one sample through `layer`'s kernel (0 without one).
+
+    Each output value costs the kernel's size divided by the values one kernel
+    application writes. A layer whose output shape is unknown (called inside
+    another layer, or shared) applies its kernel at `positions` places.
+    """
+    kernel = _kernel(layer)
+    if kernel is None:
+        return 0
+    kernel_shape = tuple(kernel.shape)
+    size = math.prod(kernel_shape)
+    output_shape = _output_shape(layer)
+    if output_shape is None:
+        return 2 * size * positions
+    return (
+        2 * size * math.prod(output_shape[1:]) // _outputs_per_position(kernel_shape, output_shape)
+    )
+
+
+def _walk(layer, positions):
+    shape = _output_shape(layer)
+    if shape is not None and len(shape) > 2:
+        positions = math.prod(shape[1:-1])
+    total = layer_flops(layer, positions)
+    for child in layer._flatten_layers(include_self=False, recursive=False):
+        total += _walk(child, positions)
+    return total
+
+
+def flops(model):
+    """Floating-point operations per sample of `model`'s kernel layers (2 x multiply-adds).
+
+    Dense, EinsumDense, convolutions (grouped and depthwise too) and block
+    layers count every weight they hold: zeros a mask keeps are still
+    computed. `kc.strip(model, shrink=True)` removes pruned channels, and the
+    count drops with them. Nested layers are counted; activations, norms and
+    pooling are not. A layer called inside another (the projections of a
+    `MultiHeadAttention`) is applied at each position of the nearest enclosing
+    layer's output (each token of a sequence).
+
+    Args:
+        model: a Keras model (built).
+
+    Returns:
+        An int.
+
+    Example:
+
+    ```python
+    small = kc.strip(pruned, shrink=True)
+    kc.flops(small) / kc.flops(model)
+    ```
+    """
+    return _walk(model, 1)
