@@ -9,7 +9,8 @@ import pytest
 from conftest import trained_mlp
 
 import keras_condensa as kc
-from keras_condensa.search.tuner import CompressionTuner, replicate_seed
+from keras_condensa.search.evidence import replicate_seed
+from keras_condensa.search.tuner import CompressionTuner
 
 
 def _density_scheme(hp):

@@ -106,3 +106,29 @@ class Evidence:
             return (1, -estimate.probability, cost(trial))
 
         return sorted((t for _, t in sorted(trials.items()) if t.trial_id in estimates), key=key)
+
+
+def replicate_seed(seed, trial, trials):
+    """The fine-tuning seed of `trial`: `seed + k` when k earlier trials had its values.
+
+    A replicate (a trial repeating earlier hyperparameter values, which the
+    oracle proposes to measure the noise) must be an independent
+    fine-tuning, or it would measure no noise at all.
+
+    Args:
+        seed: the tuner's seed (None stays None).
+        trial: the `Trial` about to run.
+        trials: the oracle's trials by id, or None where they are not
+            visible (a distributed worker: then `seed + trial number`, a
+            seed of its own for every trial).
+
+    Returns:
+        An int or None.
+    """
+    if seed is None:
+        return None
+    if trials is None:
+        return seed + int(trial.trial_id)
+    values = trial.hyperparameters.values
+    earlier = [t for i, t in sorted(trials.items()) if int(i) < int(trial.trial_id)]
+    return seed + sum(1 for t in earlier if t.hyperparameters.values == values)

@@ -27,7 +27,7 @@ from keras_condensa.search import project, results
 from keras_condensa.search.arguments import check_arguments, floor, to_objective, unpack
 from keras_condensa.search.confidence import DEFAULT_CONFIDENCE, check_confidence
 from keras_condensa.search.constraint import Constraint
-from keras_condensa.search.evidence import Evidence
+from keras_condensa.search.evidence import Evidence, replicate_seed
 from keras_condensa.search.oracle import ConstrainedBayesianOracle
 from keras_condensa.summary import summary as model_summary
 from keras_condensa.workflows.deploy import export_measured
@@ -472,28 +472,3 @@ class CompressionTuner(results.TunerResults, keras_tuner.Tuner):
     def _predict(self, model):
         return predict(model, self.x_val, self.batch_size)
 
-
-def replicate_seed(seed, trial, trials):
-    """The fine-tuning seed of `trial`: `seed + k` when k earlier trials had its values.
-
-    A replicate (a trial repeating earlier hyperparameter values, which the
-    oracle proposes to measure the noise) must be an independent
-    fine-tuning, or it would measure no noise at all.
-
-    Args:
-        seed: the tuner's seed (None stays None).
-        trial: the `Trial` about to run.
-        trials: the oracle's trials by id, or None where they are not
-            visible (a distributed worker: then `seed + trial number`, a
-            seed of its own for every trial).
-
-    Returns:
-        An int or None.
-    """
-    if seed is None:
-        return None
-    if trials is None:
-        return seed + int(trial.trial_id)
-    values = trial.hyperparameters.values
-    earlier = [t for i, t in sorted(trials.items()) if int(i) < int(trial.trial_id)]
-    return seed + sum(1 for t in earlier if t.hyperparameters.values == values)
