@@ -1,0 +1,215 @@
+"""The `keras-condensa` argument parser: its subcommands, options and help texts.
+
+`keras_condensa.cli` runs the command the parsed arguments name.
+"""
+
+import argparse
+
+from keras_condensa import scheme_grammar
+from keras_condensa.cli_checks import confidence, fraction, int_at_least
+
+_QUANTIZE_CHOICES = ("none", "float16", "dynamic", "int8")
+_OBJECTIVES = ("tflite_bytes", "tflite_gzip_bytes", "litert_latency_ms", "coded_bytes")
+_OBJECTIVES += ("nonzero_params", "params", "flops", "keras_latency_ms")
+
+
+def build_parser():
+    """The `argparse` parser of `keras-condensa` and its subcommands."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    common.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object with the results at the end, and nothing else, on stdout",
+    )
+    parser = argparse.ArgumentParser(
+        prog="keras-condensa",
+        description="Compress Keras 3 models: prune and quantize, search the cheapest "
+        "compression under an accuracy floor, export to LiteRT, benchmark.",
+        epilog="Exit status: 0 success, 1 failure, 2 bad usage or input, 130 interrupted. "
+        "Data files (.npz) hold x_train, y_train, x_val, y_val (optionally x_test, y_test).",
+    )
+    from keras_condensa.version import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "compress",
+        parents=[common],
+        help="apply a scheme, fine-tune, strip, save",
+        description="Apply a compression scheme to a model, fine-tune it with the masks "
+        "enforced, strip the wrappers and save the plain model.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="scheme grammar:\n  " + "\n  ".join(scheme_grammar.table_lines()),
+    )
+    p.add_argument("model", help="the trained .keras model")
+    p.add_argument("--data", required=True, help=".npz with x_train, y_train, x_val, y_val")
+    p.add_argument("--scheme", required=True, help=scheme_grammar.help_text())
+    p.add_argument(
+        "--epochs", type=int_at_least(0), default=1, help="fine-tuning epochs (default 1)"
+    )
+    p.add_argument("--batch-size", type=int_at_least(1), default=32, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--fine-tune",
+        choices=("mask", "lc", "distill", "none"),
+        default="mask",
+        help="mask: fine-tune with the masks enforced (default); lc: Condensa's L-C optimizer "
+        "(kc.LC, --epochs of training); distill: mask fine-tuning that also learns from the "
+        "dense model's soft targets (kc.Distiller); none: one-shot, no training",
+    )
+    p.add_argument(
+        "--shrink",
+        action="store_true",
+        help="remove the neurons and filters that structured pruning zeroed (kc.shrink): "
+        "a smaller, faster model instead of one full of zeros",
+    )
+    p.add_argument("--out", required=True, help="the compressed .keras model to write")
+
+    p = sub.add_parser(
+        "search",
+        parents=[common],
+        help="constrained search over prune density",
+        description="Search the prune density (log scale, 0.01 to 1) that minimises "
+        "--objective with the validation accuracy at or above the floor. Writes "
+        "OUT/best.keras, OUT/best.tflite, OUT/report.md, OUT/pareto.png, OUT/trials.csv; "
+        "the Keras Tuner project lives in OUT/search/. An interrupted search (OUT holds "
+        "only search/) resumes when the same command is run again; a finished one is "
+        "refused unless --overwrite.",
+    )
+    p.add_argument("model", help="the trained .keras model")
+    p.add_argument(
+        "--data",
+        required=True,
+        help=".npz with x_train, y_train, x_val, y_val, and optionally x_test, y_test (the "
+        "held-out check: does the returned model meet the floor on data the search never saw?)",
+    )
+    floor = p.add_mutually_exclusive_group(required=True)
+    floor.add_argument("--accuracy-floor", type=fraction, help="absolute validation accuracy floor")
+    floor.add_argument(
+        "--max-drop", type=fraction, help="floor = dense validation accuracy minus this (e.g. 0.01)"
+    )
+    p.add_argument(
+        "--confidence",
+        type=confidence,
+        default=0.8,
+        help="how sure the search must be that the model it returns meets the floor, a "
+        "probability in [0.5, 1) (default 0.8): its accuracy is estimated from all readings "
+        "and their measured noise, not from one lucky reading",
+    )
+    p.add_argument(
+        "--objective",
+        choices=_OBJECTIVES,
+        default="tflite_bytes",
+        help="the cost to minimise (default tflite_bytes)",
+    )
+    p.add_argument(
+        "--max-trials",
+        type=int_at_least(1),
+        default=10,
+        help="trials in all (default 10); the search ends sooner once the boundary is "
+        "located (another trial expected to save under 4%%)",
+    )
+    p.add_argument(
+        "--epochs", type=int_at_least(0), default=1, help="fine-tuning epochs per trial (default 1)"
+    )
+    p.add_argument(
+        "--fine-tune",
+        choices=("mask", "lc", "distill"),
+        default="mask",
+        help="how each trial recovers accuracy: mask fine-tuning (default), Condensa's L-C "
+        "optimizer, or distillation from the dense model",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=_QUANTIZE_CHOICES,
+        default="none",
+        help="quantization of the trials' LiteRT files and best.tflite (default none)",
+    )
+    p.add_argument(
+        "--qat",
+        choices=("none", "int8", "int4"),
+        default="none",
+        help="quantization-aware fine-tuning of every trial (kc.Quantize after the pruning; "
+        "int4 stores 4-bit weights); needs --quantize int8 (default none)",
+    )
+    p.add_argument(
+        "--prune",
+        choices=("unstructured", "neuron", "filter", "structure", "str", "gates", "hspg"),
+        default="unstructured",
+        help="what the density keeps: weights (default; str: learned per-layer densities), "
+        "neurons, filters, both, or channels learned under a FLOPs budget (gates) or by the "
+        "HSPG optimizer (hspg); structured trials are shrunk (kc.shrink)",
+    )
+    p.add_argument(
+        "--kernels",
+        choices=("default", "builtin"),
+        default="default",
+        help="LiteRT kernels best.tflite must run on (builtin keeps sparse int8)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the oracle and fine-tuning")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished search in --out")
+
+    p = sub.add_parser(
+        "export",
+        parents=[common],
+        help="export a .keras model to a verified LiteRT file",
+        description="Convert a .keras model to LiteRT (TFLite), load and run it once; with "
+        "--data, compare its predictions with Keras on x_val.",
+    )
+    p.add_argument("model", help="the .keras model")
+    p.add_argument(
+        "--quantize",
+        choices=_QUANTIZE_CHOICES,
+        default="none",
+        help="none (float32), float16, dynamic (int8 weights), int8 (needs --data)",
+    )
+    p.add_argument("--data", help=".npz: x_train calibrates int8, x_val verifies")
+    p.add_argument("--no-sparse", action="store_true", help="no sparse weight encoding")
+    p.add_argument(
+        "--kernels",
+        choices=("default", "builtin"),
+        default="default",
+        help="LiteRT kernels the file must run on (builtin keeps sparse int8)",
+    )
+    p.add_argument("--out", required=True, help="the .tflite file to write")
+
+    p = sub.add_parser(
+        "bench",
+        parents=[common],
+        help="latency of a .keras (Keras) or .tflite (LiteRT) model",
+        description="Batch-1 latency: a .keras model with Keras on this machine's device, a "
+        ".tflite file with LiteRT (p50, p90, p99, bytes, gzip bytes).",
+    )
+    p.add_argument("model", help="a .keras model or a .tflite file")
+    p.add_argument("--data", help=".npz; inputs from x_val (and accuracy for .keras)")
+    p.add_argument("--runs", type=int_at_least(1), default=200, help="timed runs (default 200)")
+    p.add_argument("--threads", type=int_at_least(1), default=1, help="LiteRT threads (default 1)")
+
+    p = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="LeNet-300-100 on digits: search, export, compare",
+        description="Train LeNet-300-100 on scikit-learn's bundled digits (no download), "
+        "search the prune density (fine-tuned with int4 weights) under a floor of the dense "
+        "accuracy minus 1 point, export the best model to LiteRT (int4 weights, int8 "
+        "activations), verify it and compare it with the dense model.",
+    )
+    p.add_argument(
+        "--max-trials",
+        type=int_at_least(1),
+        default=10,
+        help="trials at most (default 10; fewer once the boundary is located)",
+    )
+    p.add_argument(
+        "--epochs", type=int_at_least(0), default=2, help="fine-tuning epochs per trial (default 2)"
+    )
+    p.add_argument(
+        "--out", default="demo_out", help="output directory, replaced (default demo_out)"
+    )
+    p.add_argument(
+        "--objective", choices=_OBJECTIVES, default="tflite_gzip_bytes", help=argparse.SUPPRESS
+    )
+    p.add_argument("--dense-epochs", type=int_at_least(1), default=20, help=argparse.SUPPRESS)
+    return parser
