@@ -17,6 +17,7 @@ kc.summary(final)
 import importlib as _importlib
 
 from keras_condensa import codec, optimizers
+from keras_condensa.block_dense import BlockDense
 from keras_condensa.callbacks import UpdateMasks, callbacks, scheme_of
 from keras_condensa.channel_cost import latency_table
 from keras_condensa.dependency import ChannelRule, register_channel_rule
@@ -24,6 +25,7 @@ from keras_condensa.distill import Distiller, distill
 from keras_condensa.flops import flops
 from keras_condensa.lc import LC
 from keras_condensa.operators import (
+    BlockDiagonalPrune,
     BlockPrune,
     ChannelGates,
     Cluster,
@@ -52,6 +54,8 @@ from keras_condensa.version import __version__
 from keras_condensa.wrappers import CompressionWrapper
 
 __all__ = [
+    "BlockDense",
+    "BlockDiagonalPrune",
     "BlockPrune",
     "ChannelGates",
     "Cluster",

@@ -21,6 +21,7 @@ the grammar once its module is imported.
 """
 
 from keras_condensa.operators import (
+    BlockDiagonalPrune,
     BlockPrune,
     ChannelGates,
     Cluster,
@@ -47,6 +48,7 @@ _BUILT_IN = (
     StructurePrune,
     BlockPrune,
     NMPrune,
+    BlockDiagonalPrune,
     SoftThresholdPrune,
     ChannelGates,
     HSPGPrune,
@@ -99,6 +101,7 @@ ARGUMENTS = {
     "K": (_number(int, "the cluster count"), "number of shared values of each weight"),
     "RATE": (_number(float, "the rate weight"), "loss added per kilobyte of coded weights"),
     "R": (_number(float, "the ratio"), "trainable variables per covered weight, in (0, 1)"),
+    "BLOCKS": (_number(int, "the block count"), "diagonal blocks of each weight matrix, >= 2"),
 }
 
 

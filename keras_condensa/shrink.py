@@ -22,7 +22,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_condensa import channel_rules, copying, dependency, masking, surgery
+from keras_condensa import channel_rules, copying, dependency, masking, shrink_blocks, surgery
 from keras_condensa.model_checks import check_model
 from keras_condensa.wrappers import CompressionWrapper
 
@@ -355,8 +355,10 @@ def shrink(model, align=None, on_unknown="error"):
     groups whose pruned channels are kept, and why, are logged at INFO
     level. The copy computes the same function as the masked model, within
     float rounding (see the module docstring for how constants from
-    BatchNormalization and activations are handled). The input model is
-    not modified.
+    BatchNormalization and activations are handled). Dense layers and 1x1
+    convolutions whose kernels are block-diagonal up to permutations
+    (`kc.BlockDiagonalPrune`) become `kc.BlockDense` layers
+    (`keras_condensa.shrink_blocks`). The input model is not modified.
 
     Args:
         model: a Sequential or functional model: one returned by
@@ -422,4 +424,4 @@ def shrink(model, align=None, on_unknown="error"):
 
         return new, copy_weights
 
-    return copying.clone_with(model, clone_layer)
+    return shrink_blocks.block_layers(copying.clone_with(model, clone_layer))

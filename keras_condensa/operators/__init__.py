@@ -1,6 +1,7 @@
 """Compression operators (after Condensa) on operator protocol v2 (`base.Operator`)."""
 
 from keras_condensa.operators.base import Operator
+from keras_condensa.operators.block_diagonal import BlockDiagonalPrune
 from keras_condensa.operators.cluster import Cluster
 from keras_condensa.operators.compose import Compose
 from keras_condensa.operators.entropy_coded import EntropyCoded
@@ -17,6 +18,7 @@ from keras_condensa.operators.unify import Unify
 from keras_condensa.updates import Item, UpdateContext
 
 __all__ = [
+    "BlockDiagonalPrune",
     "BlockPrune",
     "ChannelGates",
     "Cluster",
