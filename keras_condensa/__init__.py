@@ -16,7 +16,7 @@ kc.summary(final)
 
 import importlib as _importlib
 
-from keras_condensa import codec, optimizers
+from keras_condensa import codec, data_free, optimizers
 from keras_condensa.block_dense import BlockDense
 from keras_condensa.callbacks import UpdateMasks, callbacks, scheme_of
 from keras_condensa.channel_cost import latency_table
@@ -88,6 +88,7 @@ __all__ = [
     "__version__",
     "callbacks",
     "codec",
+    "data_free",
     "distill",
     "flops",
     "latency_table",

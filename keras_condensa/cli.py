@@ -32,6 +32,7 @@ from keras_condensa.cli_checks import (
     check_compress_args,
     check_paths,
     check_search_args,
+    command_data,
     load_data,
     load_model,
     one_line,
@@ -62,7 +63,7 @@ def cmd_compress(args, out):
         raise UsageError(str(e)) from None
     check_compress_args(args, scheme)
     model = load_model(args.model)
-    data = load_data(args.data, model)
+    data = command_data(args, model)
     method = "mask" if args.fine_tune == "none" else args.fine_tune
     try:
         result = compress(
@@ -90,7 +91,7 @@ def cmd_search(args, out):
 
     check_search_args(args)
     model = load_model(args.model)
-    data = load_data(args.data, model)
+    data = command_data(args, model)
     command_line = "`" + " ".join(["keras-condensa", *args.argv]) + "`"
     result = search_with_progress(
         out,

@@ -162,6 +162,12 @@ def one_line(error, limit=200):
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _default_fine_tune(args):
+    """`--fine-tune` by default: `distill` with `--data-free`, else `mask`."""
+    if args.fine_tune is None:
+        args.fine_tune = "distill" if args.data_free else "mask"
+
+
 def check_compress_args(args, scheme):
     """Checks `compress` options against each other and the parsed scheme.
 
@@ -169,6 +175,7 @@ def check_compress_args(args, scheme):
         UsageError: `--fine-tune lc` without epochs, or `--shrink` with a
             scheme that trains int8/int4 quantizers.
     """
+    _default_fine_tune(args)
     if args.fine_tune == "lc" and not args.epochs:
         raise UsageError("--fine-tune lc trains: give --epochs >= 1 (or --fine-tune none)")
     if args.shrink and any(
@@ -186,6 +193,7 @@ def check_search_args(args):
     Raises:
         UsageError: `--qat` with a structured `--prune` or without `--quantize int8`.
     """
+    _default_fine_tune(args)
     if args.qat != "none" and args.prune != "unstructured":
         raise UsageError(
             f"--prune {args.prune} shrinks every trial's model, which drops the quantizers "
@@ -353,3 +361,35 @@ def _check_fits(path, model, split, x, y):
             f"{path}: y_{split} has label {top} but the model has {outputs} output"
             f"{'s' if outputs != 1 else ''} (labels must be < {classes})"
         )
+
+
+def command_data(args, model):
+    """The data of `compress` or `search`: `--data`, or with `--data-free` synthesized.
+
+    With `--data-free METHOD`, training inputs are synthesized from `model`
+    (`keras_condensa.workflows.synthetic`); a `--data` file then only gives
+    real validation (and test) arrays, and without it accuracy is agreement
+    with the dense model on synthetic inputs. `--fine-tune` defaults to
+    `distill` with `--data-free`, else to `mask` (set by the `check_*_args`).
+
+    Raises:
+        UsageError: no `--data` without `--data-free`, bad data, or a model
+            the method cannot synthesize for (naming the method that can).
+    """
+    if not args.data_free:
+        if args.data is None:
+            raise UsageError(
+                "--data is required: an .npz with x_train, y_train, x_val, y_val (or --data-free "
+                "to fine-tune on inputs synthesized from the model)"
+            )
+        return load_data(args.data, model)
+    from keras_condensa.workflows.synthetic import synthetic_data
+
+    data = load_data(args.data, model, require_labels=False) if args.data else None
+    try:
+        return synthetic_data(model, data, {"method": args.data_free}, getattr(args, "seed", 0))
+    except ValueError as e:
+        raise UsageError(
+            f"--data-free {args.data_free}: {one_line(e, 300)} (on the command line: "
+            "--data-free inception, or auto)"
+        ) from None

@@ -13,6 +13,19 @@ _OBJECTIVES = ("tflite_bytes", "tflite_gzip_bytes", "litert_latency_ms", "coded_
 _OBJECTIVES += ("nonzero_params", "params", "flops", "keras_latency_ms")
 
 
+def _data_free_option(parser):
+    parser.add_argument(
+        "--data-free",
+        nargs="?",
+        const="auto",
+        choices=("auto", "batchnorm", "inception", "batchnorm+inception"),
+        help="fine-tune without training data, on inputs synthesized from the model: batchnorm "
+        "matches its BatchNorm statistics, inception maximizes class outputs (no BatchNorm "
+        "needed), auto (the default) picks batchnorm when the model has BatchNorm; labels are "
+        "the dense model's predictions (kc.data_free.synthesize)",
+    )
+
+
 def build_parser():
     """The `argparse` parser of `keras-condensa` and its subcommands."""
     common = argparse.ArgumentParser(add_help=False)
@@ -44,7 +57,11 @@ def build_parser():
         epilog="scheme grammar:\n  " + "\n  ".join(scheme_grammar.table_lines()),
     )
     p.add_argument("model", help="the trained .keras model")
-    p.add_argument("--data", required=True, help=".npz with x_train, y_train, x_val, y_val")
+    p.add_argument(
+        "--data",
+        help=".npz with x_train, y_train, x_val, y_val (with --data-free: x_val, y_val, optional)",
+    )
+    _data_free_option(p)
     p.add_argument("--scheme", required=True, help=scheme_grammar.help_text())
     p.add_argument(
         "--epochs", type=int_at_least(0), default=1, help="fine-tuning epochs (default 1)"
@@ -53,10 +70,10 @@ def build_parser():
     p.add_argument(
         "--fine-tune",
         choices=("mask", "lc", "distill", "none"),
-        default="mask",
-        help="mask: fine-tune with the masks enforced (default); lc: Condensa's L-C optimizer "
-        "(kc.LC, --epochs of training); distill: mask fine-tuning that also learns from the "
-        "dense model's soft targets (kc.Distiller); none: one-shot, no training",
+        help="mask: fine-tune with the masks enforced (default; distill with --data-free); "
+        "lc: Condensa's L-C optimizer (kc.LC, --epochs of training); distill: mask "
+        "fine-tuning that also learns from the dense model's soft targets (kc.Distiller); "
+        "none: one-shot, no training",
     )
     p.add_argument(
         "--shrink",
@@ -80,10 +97,11 @@ def build_parser():
     p.add_argument("model", help="the trained .keras model")
     p.add_argument(
         "--data",
-        required=True,
         help=".npz with x_train, y_train, x_val, y_val, and optionally x_test, y_test (the "
-        "held-out check: does the returned model meet the floor on data the search never saw?)",
+        "held-out check: does the returned model meet the floor on data the search never saw?); "
+        "with --data-free only the validation and test arrays are used, and are optional",
     )
+    _data_free_option(p)
     floor = p.add_mutually_exclusive_group(required=True)
     floor.add_argument("--accuracy-floor", type=fraction, help="absolute validation accuracy floor")
     floor.add_argument(
@@ -116,8 +134,8 @@ def build_parser():
     p.add_argument(
         "--fine-tune",
         choices=("mask", "lc", "distill"),
-        default="mask",
-        help="how each trial recovers accuracy: mask fine-tuning (default), Condensa's L-C "
+        help="how each trial recovers accuracy: mask fine-tuning (default; distill with "
+        "--data-free), Condensa's L-C "
         "optimizer, or distillation from the dense model",
     )
     p.add_argument(

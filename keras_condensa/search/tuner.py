@@ -39,6 +39,7 @@ from keras_condensa.workflows.measure import (
     looks_like_probabilities,
     predict,
 )
+from keras_condensa.workflows.synthetic import synthetic_splits
 
 # Metrics every trial reports.
 BASE_METRICS = (
@@ -105,8 +106,10 @@ class CompressionTuner(results.TunerResults, keras_tuner.Tuner):
             space (an exception then is ignored) and once per trial (an
             exception fails that trial only). Any hyperparameters work:
             per-layer densities, bit-widths.
-        train_data: `(x, y)` for fine-tuning.
-        validation_data: `(x, y)` for the accuracy (integer labels or one-hot).
+        train_data: `(x, y)` for fine-tuning (`None` with `data_free`).
+        validation_data: `(x, y)` for the accuracy (integer labels or one-hot);
+            with `data_free`, `None` measures agreement with the dense model
+            on synthetic inputs instead.
         max_accuracy_drop: the floor is the dense accuracy minus this
             (default 0.01 when `accuracy_floor` is not given).
         accuracy_floor: an absolute floor instead of `max_accuracy_drop`.
@@ -115,9 +118,10 @@ class CompressionTuner(results.TunerResults, keras_tuner.Tuner):
             objective of `oracle`.
         max_trials: number of trials, a positive int (ignored with `oracle`).
         fine_tune_epochs: epochs of fine-tuning per trial (0 for none).
-        fine_tune: `"mask"` (default), `"lc"` (Condensa's L-C optimizer,
+        fine_tune: `"mask"` (the default), `"lc"` (Condensa's L-C optimizer,
             `kc.LC(scheme, **fine_tune_options)`; schemes without a schedule)
-            or `"distill"` (through `kc.distill`, the dense model teaching).
+            or `"distill"` (through `kc.distill`, the dense model teaching;
+            the default with `data_free`).
         fine_tune_options: keyword arguments of `kc.LC` (`steps`, `mu_init`,
             `mu_multiplier`, `mu_cap`, `lr_end`) or `kc.distill`
             (`temperature`, `alpha`).
@@ -160,6 +164,11 @@ class CompressionTuner(results.TunerResults, keras_tuner.Tuner):
             earlier values fine-tune with another seed: `replicate_seed`).
         test_data: optional `(x, y)` never used by the search:
             `held_out_check()` evaluates the returned model on it.
+        data_free: fine-tune without the training data: `True`, a
+            `kc.data_free.synthesize` method name or a dict of its arguments.
+            Trials train (and int8 calibrates) on inputs synthesized from the
+            model (`workflows.synthetic.synthetic_splits`, seeded by `seed`),
+            labelled by the dense model; `train_data` is ignored.
 
     Raises:
         ValueError: `max_trials < 1`, both or invalid floors, a floor above
@@ -194,7 +203,7 @@ class CompressionTuner(results.TunerResults, keras_tuner.Tuner):
         objective=None,
         max_trials=10,
         fine_tune_epochs=1,
-        fine_tune="mask",
+        fine_tune=None,
         fine_tune_options=None,
         shrink=False,
         batch_size=32,
@@ -216,7 +225,11 @@ class CompressionTuner(results.TunerResults, keras_tuner.Tuner):
         confidence=DEFAULT_CONFIDENCE,
         noise=None,
         test_data=None,
+        data_free=False,
     ):
+        if data_free:  # Synthetic training data, labelled by the dense model.
+            train_data, validation_data = synthetic_splits(model, validation_data, data_free, seed)
+        fine_tune = fine_tune or ("distill" if data_free else "mask")
         check_arguments(model, scheme, oracle, max_trials, fine_tune_epochs, max_time, shrink)
         if isinstance(oracle, ConstrainedBayesianOracle):
             confidence, noise = oracle.confidence, oracle.noise
@@ -289,6 +302,8 @@ class CompressionTuner(results.TunerResults, keras_tuner.Tuner):
             oracle.verbose = verbose
         else:
             oracle.update_space(hp)
+            if hasattr(oracle, "bind"):  # e.g. GeneticChannelOracle: model, data, floor
+                oracle.bind(self)
         fingerprint = project.tuner_fingerprint(self, hp, objective)
         project_dir = os.path.join(str(directory or "."), project_name or "untitled_project")
         if not overwrite:
@@ -471,4 +486,3 @@ class CompressionTuner(results.TunerResults, keras_tuner.Tuner):
 
     def _predict(self, model):
         return predict(model, self.x_val, self.batch_size)
-
