@@ -7,12 +7,24 @@ metric (an accuracy floor), driven the standard Keras Tuner way;
 `keras_tuner.Oracle` given as `oracle=`). `keras_condensa.search.run` is the
 search workflow the command line and the demo share (results directory,
 best model, LiteRT file, report). `strategies` holds the oracle's strategies
-and the `propose` seam a new one plugs into.
+and the `propose` seam a new one plugs into. `GeneticChannelOracle` searches
+per-layer keep-ratios layer by layer with a genetic algorithm (Hu et al.
+2018); `distill_best` fine-tunes a search's answer with the dense model as
+teacher.
 """
 
 from keras_condensa.search import strategies
 from keras_condensa.search.constraint import Constraint
+from keras_condensa.search.final import distill_best
+from keras_condensa.search.genetic import GeneticChannelOracle
 from keras_condensa.search.oracle import ConstrainedBayesianOracle
 from keras_condensa.search.tuner import CompressionTuner
 
-__all__ = ["CompressionTuner", "ConstrainedBayesianOracle", "Constraint", "strategies"]
+__all__ = [
+    "CompressionTuner",
+    "ConstrainedBayesianOracle",
+    "Constraint",
+    "GeneticChannelOracle",
+    "distill_best",
+    "strategies",
+]
