@@ -161,7 +161,7 @@ def test_argument_errors(dense, tmp_path):
     with pytest.raises(ValueError, match="max_trials"):
         _tuner(dense, tmp_path, max_trials=0)
     with pytest.raises(ValueError, match="nonzero_params"):
-        _tuner(dense, tmp_path, objective="flops")
+        _tuner(dense, tmp_path, objective="joules")
     with pytest.raises(ValueError, match="not both"):
         _tuner(dense, tmp_path, accuracy_floor=0.5)
     with pytest.raises(TypeError, match="callable"):
