@@ -46,6 +46,7 @@ from keras_condensa.operators import (
     Unify,
 )
 from keras_condensa.prunable import PrunableLayer, PruneSpec, register_prunable
+from keras_condensa.recalibrate import recalibrate_batchnorm
 from keras_condensa.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
 from keras_condensa.shrink import shrink
 from keras_condensa.stripping import strip
@@ -93,6 +94,7 @@ __all__ = [
     "flops",
     "latency_table",
     "optimizers",
+    "recalibrate_batchnorm",
     "register_channel_rule",
     "register_prunable",
     "scheme_of",

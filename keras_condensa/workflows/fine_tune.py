@@ -18,6 +18,7 @@ from keras_condensa import callbacks as scheme_callbacks
 from keras_condensa import shrink as shrink_model
 from keras_condensa.compiling import check_finite_losses
 from keras_condensa.lc import check_options as check_lc_options
+from keras_condensa.recalibrate import recalibrate_batchnorm
 from keras_condensa.workflows.measure import (
     check_finite_weights,
     looks_like_probabilities,
@@ -150,7 +151,9 @@ def fine_tune(
     the dense model. The training is compiled with a fresh copy of `model`'s
     optimizer and its loss (see `make_optimizer`, `make_loss`). A loss that
     becomes NaN or infinite, or non-finite weights in the result, raise
-    `FloatingPointError`. `model` is never modified.
+    `FloatingPointError`. The result's BatchNorm moving statistics are
+    re-estimated on `x` (`kc.recalibrate_batchnorm`): pruning and a short
+    fine-tune leave them describing the dense model. `model` is never modified.
 
     Args:
         model: the trained dense `keras.Model`.
@@ -248,6 +251,8 @@ def fine_tune(
             fit["callbacks"] = scheme_callbacks(scheme, total_steps=steps)
             epochs_run = _train(trainer, compressed, x, y, epochs, fit, early_stop)
         final = _guard(lambda: strip(compressed, shrink=shrink), "cannot strip the model")
+    # The compressed model's BatchNorms see other inputs than the dense model's did.
+    recalibrate_batchnorm(final, x, batch_size)
     check_finite_weights(final)
     return FineTuned(model=final, epochs_run=epochs_run)
 
