@@ -148,7 +148,7 @@ class DependencyGraph:
             outputs = _as_list(node.outputs if hasattr(node, "outputs") else node.output_tensors)
             if isinstance(layer, keras.layers.InputLayer) or node.is_input:
                 for t in outputs:
-                    g = Group(t.shape[-1])
+                    g = Group(t.shape[-1] or 0)  # None: token ids of any length, no channels
                     g.frozen = "model input"
                     self.layouts[id(t)] = Layout([g])
                 continue

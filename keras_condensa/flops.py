@@ -9,6 +9,8 @@ import math
 import keras
 
 _KERNELS = ("kernel", "depthwise_kernel")
+# A separable convolution's second kernel, applied at each output position after the first.
+_POINTWISE = "pointwise_kernel"
 
 
 def _output_shape(layer):
@@ -19,20 +21,23 @@ def _output_shape(layer):
     return tuple(shape) if all(d is not None for d in shape[1:]) else None
 
 
-def _outputs_per_position(kernel_shape, output_shape):
-    """How many output values one application of the kernel writes.
+def _outputs_per_application(layer, kernel_shape, output_shape):
+    """How many output values one application of the kernel writes (its output features).
 
-    The longest trailing run of kernel dimensions that the output ends with (a
-    Dense's units, a convolution's filters, an `EinsumDense`'s heads and
-    features); otherwise the output's last dimension (a depthwise convolution's
-    channels times its multiplier, a block layer's features).
+    A convolution's filters, an `EinsumDense`'s kernel dimensions that its
+    output keeps (heads and features), a depthwise convolution's channels
+    times its multiplier; otherwise the output's last dimension (a Dense's or
+    a block layer's units).
     """
-    run = 1
-    for k, o in zip(reversed(kernel_shape), reversed(output_shape[1:]), strict=False):
-        if k != o:
-            break
-        run *= k
-    return run if run > 1 else output_shape[-1]
+    if isinstance(layer, keras.layers.EinsumDense):
+        operands, output = layer.equation.split("->")
+        labels = operands.split(",")[1]
+        return math.prod(d for d, a in zip(kernel_shape, labels, strict=True) if a in output)
+    if isinstance(getattr(layer, "filters", None), int):
+        return layer.filters
+    if getattr(layer, "depthwise_kernel", None) is not None:
+        return kernel_shape[-2] * kernel_shape[-1]
+    return output_shape[-1]
 
 
 def _kernel(layer):
@@ -47,7 +52,8 @@ def layer_flops(layer, positions=1):
     """`2 x` the multiply-accumulates of one sample through `layer`'s kernel (0 without one).
 
     Each output value costs the kernel's size divided by the values one kernel
-    application writes. A layer whose output shape is unknown (called inside
+    application writes (a separable convolution's two kernels both run at each
+    output position). A layer whose output shape is unknown (called inside
     another layer, or shared) applies its kernel at `positions` places.
     """
     kernel = _kernel(layer)
@@ -55,12 +61,14 @@ def layer_flops(layer, positions=1):
         return 0
     kernel_shape = tuple(kernel.shape)
     size = math.prod(kernel_shape)
+    pointwise = getattr(layer, _POINTWISE, None)
+    if isinstance(pointwise, keras.Variable):
+        size += math.prod(pointwise.shape)
     output_shape = _output_shape(layer)
     if output_shape is None:
         return 2 * size * positions
-    return (
-        2 * size * math.prod(output_shape[1:]) // _outputs_per_position(kernel_shape, output_shape)
-    )
+    per_application = _outputs_per_application(layer, kernel_shape, output_shape)
+    return 2 * size * math.prod(output_shape[1:]) // per_application
 
 
 def _walk(layer, positions):
@@ -76,13 +84,15 @@ def _walk(layer, positions):
 def flops(model):
     """Floating-point operations per sample of `model`'s kernel layers (2 x multiply-adds).
 
-    Dense, EinsumDense, convolutions (grouped and depthwise too) and block
+    Dense, EinsumDense, convolutions (grouped, depthwise and separable too) and block
     layers count every weight they hold: zeros a mask keeps are still
     computed. `kc.strip(model, shrink=True)` removes pruned channels, and the
     count drops with them. Nested layers are counted; activations, norms and
     pooling are not. A layer called inside another (the projections of a
     `MultiHeadAttention`) is applied at each position of the nearest enclosing
-    layer's output (each token of a sequence).
+    layer's output (each token of a sequence). A length the model leaves
+    unknown (the token ids of a KerasHub backbone) counts as one position:
+    the count is then per token.
 
     Args:
         model: a Keras model (built).

@@ -9,11 +9,14 @@ that computes in block order.
 
 The permutations are folded into the neighbours where a permutation of
 channels changes nothing else: through element-wise layers (activations,
-dropout) with no other consumer, the producer before a block layer (a Dense
-or convolution) emits its outputs in the block layer's input order, and the
-consumer after it (a Dense or convolution) reads its inputs in the block
-layer's output order (its kernel rows permuted). Uneven blocks are padded
-to the largest block: a padded channel has zero weights wherever it is read.
+dropout) and per-channel layers (BatchNormalization, depthwise convolutions
+with one filter per channel, their weights permuted) with no other consumer,
+the producer before a block layer (a Dense or convolution) emits its outputs
+in the block layer's input order, and the consumer after it (a Dense or
+convolution) reads its inputs in the block layer's output order (its kernel
+rows permuted); padding, cropping and pooling layers pass the order through.
+Uneven blocks are padded to the largest block: a padded channel has zero
+weights wherever it is read.
 Between two block layers, and at the model's input or output or before a
 layer that cannot be permuted, the block layer gathers with `keras.ops.take`.
 """
@@ -38,6 +41,15 @@ _TRANSPARENT = (
     keras.layers.AlphaDropout,
     keras.layers.Identity,
 )
+# Layers that move or pool positions, each channel alone (when channels are last).
+_SPATIAL = tuple(
+    getattr(keras.layers, f"{kind}{d}D")
+    for kind in (
+        "ZeroPadding", "Cropping", "UpSampling", "MaxPooling", "AveragePooling",
+        "GlobalAveragePooling", "GlobalMaxPooling",
+    )
+    for d in (1, 2, 3)
+)  # fmt: skip
 _ELEMENTWISE = {
     "linear", "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "swish",
     "sigmoid", "hard_sigmoid", "hard_silu", "hard_swish", "tanh", "softplus", "softsign",
@@ -167,7 +179,26 @@ def _activation_name(layer):
 def _transparent(layer):
     if isinstance(layer, keras.layers.Activation):
         return _activation_name(layer) in _ELEMENTWISE
+    if isinstance(layer, _SPATIAL):
+        return getattr(layer, "data_format", "channels_last") == "channels_last"
     return isinstance(layer, _TRANSPARENT)
+
+
+def _per_channel(layer):
+    """Whether `layer` weighs each channel (last axis) on its own: its weights can be permuted."""
+    inputs = graph_walk.input_tensors(layer)
+    if len(inputs) != 1:
+        return False
+    rank = len(inputs[0].shape)
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return layer.axis % rank == rank - 1
+    depthwise = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+    return (
+        isinstance(layer, depthwise)
+        and layer.depth_multiplier == 1
+        and layer.data_format == "channels_last"
+        and _activation_name(layer) in _ELEMENTWISE
+    )
 
 
 def _graph_outputs(model):
@@ -188,17 +219,24 @@ def _sole_use(layer, outputs):
 
 
 def _upstream(layer, outputs):
-    """The Dense or convolution whose channels reach `layer` unmixed and nowhere else, or `None`."""
+    """The Dense or convolution whose channels reach `layer` unmixed and nowhere else.
+
+    Returns `(producer, per-channel layers in between)`, or `(None, [])`.
+    """
     if not graph_walk.single_call(layer):
-        return None
-    producer = graph_walk.sole_producer(layer)
-    while producer is not None and _transparent(producer):
+        return None, []
+    producer, between = graph_walk.sole_producer(layer), []
+    while producer is not None and (_transparent(producer) or _per_channel(producer)):
         if not _sole_use(producer, outputs):
-            return None
+            return None, []
+        if _per_channel(producer):
+            between.append(producer)
         producer = graph_walk.sole_producer(producer)
     if producer is None or not _matrix_layer(producer) or not _sole_use(producer, outputs):
-        return None
-    return producer if _activation_name(producer) in _ELEMENTWISE else None
+        return None, []
+    if _activation_name(producer) not in _ELEMENTWISE:
+        return None, []
+    return producer, between
 
 
 def _kernel2d(layer):
@@ -263,6 +301,20 @@ def _permuted_layer(layer, rows=None, cols=None):
     return new, copy_weights
 
 
+def _channel_layer(layer, order):
+    """A copy of a per-channel layer for channels in `order` (-1: a padded channel)."""
+    weights = _named_weights(layer)
+    for name, value in weights.items():
+        # A depthwise kernel is (..., channels, 1); the other weights are one per channel.
+        weights[name] = _take_padded(value, order, -2 if value.ndim > 1 else 0)
+    new = layer.__class__.from_config(layer.get_config())
+
+    def copy_weights():
+        new.set_weights([weights[w.name] for w in new.weights])
+
+    return new, copy_weights
+
+
 def block_layers(model):
     """Returns `model` with its block-diagonal Dense and 1x1 convolutions as `kc.BlockDense`.
 
@@ -285,12 +337,15 @@ def block_layers(model):
     if not found:
         return model
     outputs = _graph_outputs(model)
-    upstream, downstream = {}, {}
+    upstream, downstream, channels = {}, {}, {}  # channels: per-channel layers' order
     for layer in graph_walk.leaf_layers(model):
-        producer = _upstream(layer, outputs) if _matrix_layer(layer) else None
+        producer, between = _upstream(layer, outputs) if _matrix_layer(layer) else (None, [])
         if producer is not None and (id(layer) in found or id(producer) in found):
             upstream[id(layer)] = producer
             downstream[id(producer)] = layer
+            link = found[id(producer)] if id(producer) in found else None
+            order = link.order("cols") if link else found[id(layer)].order("rows")
+            channels.update((id(m), order) for m in between)
     reads, writes = {}, {}  # plain neighbours: input order, output order
     inputs, outputs_ = {}, {}  # block layers: input_index, output_index
     for layer in graph_walk.leaf_layers(model):
@@ -319,6 +374,8 @@ def block_layers(model):
             )
         if id(layer) in reads or id(layer) in writes:
             return _permuted_layer(layer, reads.get(id(layer)), writes.get(id(layer)))
+        if id(layer) in channels:
+            return _channel_layer(layer, channels[id(layer)])
         return copying.plain_copy(layer)
 
     return copying.clone_with(model, clone_layer)

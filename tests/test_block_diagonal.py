@@ -214,3 +214,51 @@ def test_scheme_grammar_word():
     assert isinstance(scheme, BlockDiagonalPrune) and scheme.blocks == 4
     with pytest.raises(SchemeSyntaxError, match="blocks must be an int >= 2"):
         parse_scheme("blockdiag:1")
+
+
+def _mobilenet_v2():
+    model = keras.applications.MobileNetV2(
+        (32, 32, 3), alpha=0.35, weights=None, classes=10, classifier_activation=None
+    )
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # at their initial values, wrongly permuted statistics hide
+        if isinstance(layer, keras.layers.BatchNormalization):
+            for v in (layer.moving_mean, layer.beta):
+                v.assign(rng.normal(0.0, 0.3, v.shape).astype("float32"))
+            for v in (layer.moving_variance, layer.gamma):
+                v.assign(rng.uniform(0.5, 2.0, v.shape).astype("float32"))
+    x = np.random.default_rng(1).uniform(0.0, 1.0, (2, 32, 32, 3)).astype("float32")
+    return model, x, ("block_2_add", "predictions"), ["predictions"]  # early add, logits
+
+
+def _gpt2():
+    keras_hub = pytest.importorskip("keras_hub")
+    model = keras_hub.models.GPT2Backbone(
+        vocabulary_size=100, num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64
+    )
+    rng = np.random.default_rng(1)
+    x = {"token_ids": rng.integers(0, 100, (2, 16)), "padding_mask": np.ones((2, 16), "int32")}
+    return model, x, (model.layers[-1].name,), ["position_embedding"]  # no prunable weights
+
+
+@pytest.mark.parametrize("build", [_mobilenet_v2, _gpt2], ids=["mobilenet_v2", "gpt2"])
+def test_models_we_did_not_write_shrink_to_the_masked_function(build):
+    keras.utils.set_random_seed(0)
+    model, x, compared, exclude = build()
+    pruned = BlockDiagonalPrune(blocks=4, seed=0, exclude=exclude).apply(model)
+    assert kc.summary(pruned).masked_density == 0.25
+    small = kc.shrink(pruned)
+    for name in compared:
+        a, b = (keras.Model(m.input, m.get_layer(name).output) for m in (pruned, small))
+        np.testing.assert_allclose(np.asarray(b(x)), np.asarray(a(x)), atol=1e-4)
+    if build is _gpt2:  # Dense layers inside the transformer blocks are masked (left Dense)
+        assert len(list(masking.iter_wrappers(pruned))) == 2
+        return
+    pointwise = {w.layer.name for w in masking.iter_wrappers(pruned)}
+    assert {n.name for n in small.layers if isinstance(n, BlockDense)} == pointwise
+    # expand -> BN -> ReLU6 -> depthwise -> BN -> ReLU6 -> project: no gather after expand.
+    assert small.get_layer("block_1_expand").output_index is None
+    kernels = [
+        keras.ops.convert_to_numpy(m.get_layer("block_1_depthwise").kernel) for m in (pruned, small)
+    ]
+    assert not np.array_equal(*kernels)  # its channels permuted with expand's outputs

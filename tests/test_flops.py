@@ -50,3 +50,19 @@ def test_shrinking_pruned_filters_lowers_the_count(digits):
     small = kc.strip(pruned, shrink=True)
     assert kc.flops(small) < 0.8 * kc.flops(model)
     np.testing.assert_allclose(small.predict(x, verbose=0), masked.predict(x, verbose=0), atol=1e-4)
+
+
+def test_separable_einsum_and_width_matching_layers_count_right():
+    # Input channels equal to the width (16) once divided a layer's count by 16 more.
+    inputs = keras.Input((16, 16, 16))
+    x = keras.layers.Conv2D(16, 3, padding="same", name="conv")(inputs)
+    x = keras.layers.SeparableConv2D(8, 3, padding="same", name="separable")(x)
+    x = keras.layers.Reshape((16, 128))(x)
+    x = keras.layers.Dense(16, name="dense")(x)
+    outputs = keras.layers.EinsumDense("abc,cde->abde", (16, 2, 8), name="heads")(x)
+    model = keras.Model(inputs, outputs)
+    conv = 16 * 16 * 16 * (3 * 3 * 16)
+    separable = 16 * 16 * (3 * 3 * 16 + 16 * 8)  # depthwise, then pointwise, per position
+    dense = 16 * 128 * 16
+    heads = 16 * 16 * 2 * 8
+    assert kc.flops(model) == 2 * (conv + separable + dense + heads)

@@ -66,19 +66,27 @@ def block_diagonal_mask(row_permutation, col_permutation, blocks):
     return (rows[:, None] == cols[None, :]).astype("float32")
 
 
-def _is_pointwise(layer):
-    """Whether `layer` is a Dense or a 1x1, stride-1, ungrouped Conv1D/Conv2D (Dense per pixel)."""
+def _not_pointwise_reason(layer):
+    """Why `layer` is not a Dense or a 1x1, stride-1, ungrouped Conv1D/Conv2D, or `None`."""
     if isinstance(layer, keras.layers.Dense):
-        return True
-    if isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D)) and not isinstance(
-        layer, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose)
-    ):
+        return None
+    conv = (keras.layers.Conv1D, keras.layers.Conv2D)
+    transposed = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose)
+    if not isinstance(layer, conv) or isinstance(layer, transposed):
         return (
-            all(k == 1 for k in layer.kernel_size)
-            and all(s == 1 for s in layer.strides)
-            and layer.groups == 1
+            f"{type(layer).__name__} is not a Dense or 1x1 convolution, the layers whose "
+            "kernel is one (inputs x outputs) matrix that kc.BlockDense runs"
         )
-    return False
+    if any(k != 1 for k in layer.kernel_size):
+        return (
+            f"kernel_size={tuple(layer.kernel_size)}: not a Dense or 1x1 convolution, the "
+            "layers whose kernel is one (inputs x outputs) matrix"
+        )
+    if any(s != 1 for s in layer.strides):
+        return f"a 1x1 convolution with strides={tuple(layer.strides)}: kc.BlockDense has no stride"
+    if layer.groups != 1:
+        return f"a grouped convolution (groups={layer.groups}): its kernel is blocks already"
+    return None
 
 
 @keras.saving.register_keras_serializable(package="keras_condensa")
@@ -147,11 +155,9 @@ class BlockDiagonalPrune(MaskOperator):
         reason = super().reason_unsupported(layer, spec)
         if reason is not None:
             return reason
-        if not _is_pointwise(layer):
-            return (
-                f"{type(layer).__name__} is not a Dense or 1x1 convolution: block-diagonal "
-                "masks apply to weight matrices (inputs x outputs)"
-            )
+        reason = _not_pointwise_reason(layer)
+        if reason is not None:
+            return reason
         rows, cols = int(np.prod(layer.kernel.shape[:-1])), int(layer.kernel.shape[-1])
         if min(rows, cols) < self.blocks:
             raise ValueError(
@@ -163,7 +169,7 @@ class BlockDiagonalPrune(MaskOperator):
         return None
 
     def paths(self, layer, spec):
-        return ("kernel",)
+        return tuple(spec.weights)  # the kernel; prefixed for a Dense nested in a custom layer
 
     def _permutations(self, wrapper, path, rows, cols):
         if not self.permute:
