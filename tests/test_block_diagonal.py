@@ -187,10 +187,14 @@ def test_blocks_must_be_an_int_of_at_least_two(blocks):
         BlockDiagonalPrune(blocks=blocks)
 
 
-def test_a_layer_smaller_than_the_blocks_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"layer 'logits' \(32 inputs x 10 outputs\).*exclude="):
-        BlockDiagonalPrune(blocks=16).apply(_mlp())
-    BlockDiagonalPrune(blocks=16, exclude=["logits"]).apply(_mlp())  # the fix works
+def test_a_layer_smaller_than_the_blocks_is_left_dense_unless_named():
+    pruned = BlockDiagonalPrune(blocks=16).apply(_mlp())
+    wrapped = [
+        layer.layer.name for layer in pruned.layers if isinstance(layer, kc.CompressionWrapper)
+    ]
+    assert "logits" not in wrapped and wrapped  # 10 outputs cannot make 16 blocks
+    with pytest.raises(ValueError, match=r"'logits'.*32 inputs x 10 outputs cannot split"):
+        BlockDiagonalPrune(blocks=16, include=["logits"]).apply(_mlp())
 
 
 def test_other_layers_are_left_dense_and_naming_them_is_an_error():

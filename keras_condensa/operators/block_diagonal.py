@@ -125,8 +125,9 @@ class BlockDiagonalPrune(MaskOperator):
         exclude: layer names or classes to leave dense.
 
     Raises:
-        ValueError: `blocks` is not an int >= 2; at `apply`, a covered layer
-            has fewer inputs or outputs than `blocks`.
+        ValueError: `blocks` is not an int >= 2; at `apply`, a layer named in
+            `include=` has fewer inputs or outputs than `blocks` (one not
+            named is left dense, with the reason logged).
 
     Example:
 
@@ -160,11 +161,9 @@ class BlockDiagonalPrune(MaskOperator):
             return reason
         rows, cols = int(np.prod(layer.kernel.shape[:-1])), int(layer.kernel.shape[-1])
         if min(rows, cols) < self.blocks:
-            raise ValueError(
-                f"BlockDiagonalPrune(blocks={self.blocks}) cannot split layer '{layer.name}' "
-                f"({rows} inputs x {cols} outputs) into {self.blocks} blocks: each block needs "
-                f"at least one input and one output. Pass exclude=['{layer.name}'] or fewer "
-                "blocks."
+            return (
+                f"{rows} inputs x {cols} outputs cannot split into {self.blocks} blocks (each "
+                "needs an input and an output); fewer blocks would cover it"
             )
         return None
 
