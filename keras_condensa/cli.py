@@ -75,6 +75,7 @@ def cmd_compress(args, out):
             batch_size=args.batch_size,
             shrink=args.shrink,
             out=args.out,
+            recalibrate=not args.data_free,  # synthetic inputs would skew the statistics
         )
     except SchemeError as e:
         raise UsageError(
@@ -114,6 +115,7 @@ def cmd_search(args, out):
         overwrite=args.overwrite,
         seed=args.seed,
         kind=args.prune,
+        recalibrate_batchnorm=False if args.data_free else None,
     )
     print_search_result(result, out)
     out.emit_json({"command": "search", **json_result(result)})

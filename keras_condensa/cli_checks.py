@@ -389,7 +389,6 @@ def command_data(args, model):
     try:
         return synthetic_data(model, data, {"method": args.data_free}, getattr(args, "seed", 0))
     except ValueError as e:
-        raise UsageError(
-            f"--data-free {args.data_free}: {one_line(e, 300)} (on the command line: "
-            "--data-free inception, or auto)"
-        ) from None
+        # The library names its methods as arguments; the command line as option values.
+        text = one_line(e, 300).replace("method='", "--data-free '")
+        raise UsageError(f"--data-free {args.data_free}: {text}") from None

@@ -11,6 +11,11 @@ import keras
 _KERNELS = ("kernel", "depthwise_kernel")
 # A separable convolution's second kernel, applied at each output position after the first.
 _POINTWISE = "pointwise_kernel"
+_TRANSPOSED = (
+    keras.layers.Conv1DTranspose,
+    keras.layers.Conv2DTranspose,
+    keras.layers.Conv3DTranspose,
+)
 
 
 def _output_shape(layer):
@@ -53,7 +58,8 @@ def layer_flops(layer, positions=1):
 
     Each output value costs the kernel's size divided by the values one kernel
     application writes (a separable convolution's two kernels both run at each
-    output position). A layer whose output shape is unknown (called inside
+    output position; a transposed convolution's whole kernel at each input
+    position). A layer whose output shape is unknown (called inside
     another layer, or shared) applies its kernel at `positions` places.
     """
     kernel = _kernel(layer)
@@ -64,6 +70,11 @@ def layer_flops(layer, positions=1):
     pointwise = getattr(layer, _POINTWISE, None)
     if isinstance(pointwise, keras.Variable):
         size += math.prod(pointwise.shape)
+    if isinstance(layer, _TRANSPOSED):  # The whole kernel at each input position.
+        try:
+            return 2 * size * math.prod(layer.input.shape[1:-1])
+        except (AttributeError, ValueError, TypeError):  # Never called, or shared.
+            return 2 * size * positions
     output_shape = _output_shape(layer)
     if output_shape is None:
         return 2 * size * positions

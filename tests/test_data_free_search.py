@@ -111,8 +111,12 @@ def test_search_data_free_without_any_data_measures_agreement(bn_model, tmp_path
         project_name="p",
     )
     assert tuner.fine_tune == "distill"
+    assert not tuner.recalibrate  # Synthetic inputs would skew the BatchNorm statistics.
     assert tuner.dense_accuracy == 1.0  # Agreement of the dense model with itself.
     assert len(tuner.x_train) == 128
     tuner.search()
     trials = tuner.oracle.get_best_trials(2)
-    assert all(0.0 <= t.metrics.get_last_value("val_accuracy") <= 1.0 for t in trials)
+    assert len(trials) == 2 and all(t.status == "COMPLETED" for t in trials)
+    # The densest trial agrees with the dense model on most synthetic inputs.
+    densest = max(trials, key=lambda t: t.hyperparameters.get("density"))
+    assert densest.metrics.get_last_value("val_accuracy") > 0.5

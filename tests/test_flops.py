@@ -66,3 +66,9 @@ def test_separable_einsum_and_width_matching_layers_count_right():
     dense = 16 * 128 * 16
     heads = 16 * 16 * 2 * 8
     assert kc.flops(model) == 2 * (conv + separable + dense + heads)
+
+
+def test_a_transposed_convolution_applies_its_kernel_at_each_input_position():
+    inputs = keras.Input((8, 8, 2))
+    outputs = keras.layers.Conv2DTranspose(4, 3, strides=2, name="up")(inputs)
+    assert kc.flops(keras.Model(inputs, outputs)) == 2 * (8 * 8) * (3 * 3 * 4 * 2)

@@ -24,7 +24,7 @@ class Gene:
 
     The grid is ascending: the last value is the one that keeps the most
     (a keep-ratio or a density of 1.0), the value a layer keeps before its
-    stage and the one `dense_values` uses.
+    stage.
 
     Args:
         hp: a `Float`, `Int` or numeric `Choice` hyperparameter.
@@ -57,15 +57,6 @@ class Gene:
             )
         self.grid = grid
 
-    @property
-    def bits(self):
-        """Bits of a chromosome: enough for every index of the grid."""
-        return max(1, math.ceil(math.log2(len(self.grid))))
-
-    def index(self, value):
-        """The grid index nearest `value`."""
-        return int(np.argmin([abs(v - value) for v in self.grid]))
-
 
 def _float_grid(hp, grid_size):
     lo, hi = float(hp.min_value), float(hp.max_value)
@@ -93,16 +84,28 @@ def gray(index, bits):
 
 
 def ungray(chromosome, size):
-    """The grid index a chromosome codes, clipped to a grid of `size` values.
+    """The grid index a chromosome codes: its `2**bits` codes spread evenly over `size` values.
 
-    >>> ungray(gray(6, 3), 10), ungray(gray(7, 3), 5)
-    (6, 4)
+    Each value gets one or two codes (none gets the leftovers of a clipped
+    range, which would favour the last value).
+
+    >>> ungray(gray(6, 3), 8), ungray(gray(7, 3), 5), ungray(gray(4, 3), 5)
+    (6, 4, 2)
     """
     value, bit = 0, 0
     for b in chromosome:
         bit ^= int(b)
         value = (value << 1) | bit
-    return min(value, size - 1)
+    return value * size >> len(chromosome)
+
+
+def encode(index, size, bits):
+    """A chromosome of `bits` bits that `ungray` reads as `index` of `size` values.
+
+    >>> all(ungray(encode(i, 10, 4), 10) == i for i in range(10))
+    True
+    """
+    return gray(-(-index * 2**bits // size), bits)
 
 
 def evolve(
@@ -141,7 +144,7 @@ def evolve(
             scores[index] = float(fitness(index))
         return scores[index]
 
-    pool = [gray(int(i), bits) for i in rng.integers(0, size, population)]
+    pool = [encode(int(i), size, bits) for i in rng.integers(0, size, population)]
     for _ in range(generations):
         values = [score(c) for c in pool]
         elite = pool[int(np.argmax(values))]

@@ -17,6 +17,7 @@ import keras_tuner
 
 from keras_condensa.compiling import check_finite_losses
 from keras_condensa.distill import distill
+from keras_condensa.recalibrate import recalibrate_batchnorm
 from keras_condensa.workflows.fine_tune import fine_tune, make_loss, make_optimizer
 from keras_condensa.workflows.measure import check_finite_weights
 
@@ -98,6 +99,7 @@ def distill_best(tuner, epochs, trial=None, start="dense", temperature=4.0, alph
         shrink=tuner.shrink,
         seed=tuner.seed,
         verbose=verbose,
+        recalibrate=tuner.recalibrate,
     )
     return tuned.model
 
@@ -117,5 +119,7 @@ def _from_trial(tuner, trial, epochs, temperature, alpha, verbose):
         tuner.x_train, tuner.y_train, epochs=epochs, batch_size=tuner.batch_size, verbose=verbose
     )
     check_finite_losses(history, "the final distillation")
+    if tuner.recalibrate:
+        recalibrate_batchnorm(student, tuner.x_train, tuner.batch_size)
     check_finite_weights(student)
     return student

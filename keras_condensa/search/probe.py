@@ -5,8 +5,8 @@ is, on a small batch of training data; only the fittest are then fine-tuned.
 `Probe` is the first step for a `CompressionTuner`'s scheme: it builds the
 scheme from hyperparameter values, applies it to the dense model (one-shot
 masks) and measures the top-1 accuracy on the batch and the cost. Its
-BatchNormalization statistics are re-estimated on the batch first (one
-forward pass in training mode with momentum 0, on the pruned copy): pruned
+BatchNormalization statistics are re-estimated on the batch first
+(`kc.recalibrate_batchnorm`, unless the tuner does not recalibrate): pruned
 channels shift the statistics the next layers see, and without this a BN
 ResNet reads near chance at most ratios (on digits, keeping 80% of the
 residual channels: 0.19 before, 0.95 after; fine-tuning recovers 0.99). When
@@ -23,6 +23,7 @@ import numpy as np
 from keras_condensa.channel_cost import ChannelCost, narrowable_groups
 from keras_condensa.channel_rules import unwrapped
 from keras_condensa.dependency import DependencyGraph
+from keras_condensa.recalibrate import recalibrate_batchnorm
 from keras_condensa.stripping import strip
 from keras_condensa.summary import summary
 from keras_condensa.workflows.measure import accuracy
@@ -47,6 +48,7 @@ class Probe:
         n = len(tuner.x_train)
         pick = np.sort(rng.permutation(n)[: min(samples, n)])
         self.x, self.y = tuner.x_train[pick], tuner.y_train[pick]
+        self.recalibrate = tuner.recalibrate
         self.readings = {}
         self.dense_accuracy = self._accuracy(self.model)
         if self.shrink:
@@ -83,27 +85,11 @@ class Probe:
             stripped = strip(compressed)
         except Exception:
             return 0.0, 1.0
-        self._recalibrate(compressed)
+        if self.recalibrate:  # one batch: its own statistics
+            recalibrate_batchnorm(compressed, self.x, batch_size=len(self.x))
         reading = self._accuracy(compressed)
         cost = self._cost(stripped)
         return reading, cost / max(self.dense_cost, 1.0)
-
-    def _recalibrate(self, model):
-        norms = [
-            layer
-            for layer in model._flatten_layers(include_self=False)
-            if isinstance(layer, keras.layers.BatchNormalization)
-        ]
-        if not norms:
-            return
-        momenta = [layer.momentum for layer in norms]
-        for layer in norms:
-            layer.momentum = 0.0
-        try:
-            model(self.x, training=True)
-        finally:
-            for layer, momentum in zip(norms, momenta, strict=True):
-                layer.momentum = momentum
 
     def _accuracy(self, model):
         outputs = keras.ops.convert_to_numpy(model(self.x, training=False))

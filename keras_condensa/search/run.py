@@ -184,6 +184,7 @@ def run_search(
     listeners=None,
     log=None,
     tuner_output=None,
+    recalibrate_batchnorm=None,
 ):
     """Runs a constrained compression search into `directory` and writes its results.
 
@@ -217,6 +218,8 @@ def run_search(
             `"trial_begin"` and `"trial_end"` (progress lines, say).
         log: optional `str -> None` for progress messages.
         tuner_output: a stream Keras Tuner's own prints go to (default: stdout).
+        recalibrate_batchnorm: see `CompressionTuner` (pass `False` when
+            `data` is synthetic).
 
     Returns:
         A dict of the results (the command line's `--json` object's core).
@@ -252,6 +255,7 @@ def run_search(
                 project_name=SEARCH_PROJECT,
                 overwrite=False,
                 listeners=listeners or (),
+                recalibrate_batchnorm=recalibrate_batchnorm,
             )
         except ValueError as e:
             if not resuming and os.path.isdir(directory) and not os.listdir(directory):

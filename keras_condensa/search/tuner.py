@@ -169,6 +169,9 @@ class CompressionTuner(results.TunerResults, keras_tuner.Tuner):
             Trials train (and int8 calibrates) on inputs synthesized from the
             model (`workflows.synthetic.synthetic_splits`, seeded by `seed`),
             labelled by the dense model; `train_data` is ignored.
+        recalibrate_batchnorm: re-estimate each trial's BatchNorm statistics
+            on `train_data` (`kc.recalibrate_batchnorm`); default: unless
+            `data_free` (synthetic inputs would skew them).
 
     Raises:
         ValueError: `max_trials < 1`, both or invalid floors, a floor above
@@ -226,10 +229,12 @@ class CompressionTuner(results.TunerResults, keras_tuner.Tuner):
         noise=None,
         test_data=None,
         data_free=False,
+        recalibrate_batchnorm=None,
     ):
         if data_free:  # Synthetic training data, labelled by the dense model.
             train_data, validation_data = synthetic_splits(model, validation_data, data_free, seed)
         fine_tune = fine_tune or ("distill" if data_free else "mask")
+        self.recalibrate = not data_free if recalibrate_batchnorm is None else recalibrate_batchnorm
         check_arguments(model, scheme, oracle, max_trials, fine_tune_epochs, max_time, shrink)
         if isinstance(oracle, ConstrainedBayesianOracle):
             confidence, noise = oracle.confidence, oracle.noise
@@ -416,6 +421,7 @@ class CompressionTuner(results.TunerResults, keras_tuner.Tuner):
                 loss=self._loss,
                 from_logits=self._from_logits,
                 shrink=self.shrink,
+                recalibrate=self.recalibrate,
                 early_stop=early_stop,
                 seed=replicate_seed(self.seed, trial, getattr(self.oracle, "trials", None)),
                 verbose=self.verbose,

@@ -44,6 +44,7 @@ def compress(
     shrink=False,
     seed=None,
     out=None,
+    recalibrate=True,
 ):
     """Compresses `model` with `scheme`, fine-tunes it on `data` and measures it.
 
@@ -60,6 +61,8 @@ def compress(
         seed: optional seed of the fine-tuning.
         out: optional path the result is saved to (atomically): a `.keras`
             model, or a `.kcz` file (`kc.codec.save`: entropy-coded weights).
+        recalibrate: re-estimate BatchNorm statistics on `x_train` (see
+            `fine_tune`; off for synthetic inputs).
 
     Returns:
         A `Compressed`.
@@ -89,6 +92,7 @@ def compress(
         shrink=shrink,
         seed=seed,
         from_logits=outputs_logits(model, data["x_val"]),
+        recalibrate=recalibrate,
     )
     lines = []
     stats = model_summary(tuned.model, print_fn=lines.append, coded=True)

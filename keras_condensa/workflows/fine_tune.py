@@ -142,6 +142,7 @@ def fine_tune(
     early_stop=None,
     seed=None,
     verbose=0,
+    recalibrate=True,
 ):
     """Compresses `model` with `scheme`, fine-tunes it and returns it stripped.
 
@@ -151,9 +152,10 @@ def fine_tune(
     the dense model. The training is compiled with a fresh copy of `model`'s
     optimizer and its loss (see `make_optimizer`, `make_loss`). A loss that
     becomes NaN or infinite, or non-finite weights in the result, raise
-    `FloatingPointError`. The result's BatchNorm moving statistics are
-    re-estimated on `x` (`kc.recalibrate_batchnorm`): pruning and a short
-    fine-tune leave them describing the dense model. `model` is never modified.
+    `FloatingPointError`. With `recalibrate`, the result's BatchNorm moving
+    statistics are re-estimated on `x` (`kc.recalibrate_batchnorm`), before
+    the early stop's check too: pruning and a short fine-tune leave them
+    describing the dense model. `model` is never modified.
 
     Args:
         model: the trained dense `keras.Model`.
@@ -174,6 +176,9 @@ def fine_tune(
             distill methods).
         seed: optional seed set before training.
         verbose: `fit`'s verbosity.
+        recalibrate: re-estimate BatchNorm statistics on `x` (turn it off
+            when `x` is not drawn from the data the model will see, e.g.
+            synthetic inputs).
 
     Returns:
         A `FineTuned` (`model`, `epochs_run`).
@@ -249,10 +254,13 @@ def fine_tune(
                 )
             # One run over two fits (see `_train`): schedules span both.
             fit["callbacks"] = scheme_callbacks(scheme, total_steps=steps)
-            epochs_run = _train(trainer, compressed, x, y, epochs, fit, early_stop)
+            refresh = (
+                (lambda: recalibrate_batchnorm(compressed, x, batch_size)) if recalibrate else None
+            )
+            epochs_run = _train(trainer, compressed, x, y, epochs, fit, early_stop, refresh)
         final = _guard(lambda: strip(compressed, shrink=shrink), "cannot strip the model")
-    # The compressed model's BatchNorms see other inputs than the dense model's did.
-    recalibrate_batchnorm(final, x, batch_size)
+    if recalibrate:  # The compressed model's BatchNorms see other inputs than the dense one's.
+        recalibrate_batchnorm(final, x, batch_size)
     check_finite_weights(final)
     return FineTuned(model=final, epochs_run=epochs_run)
 
@@ -264,13 +272,18 @@ def _guard(step, what):
         raise SchemeError(f"{what}: {type(e).__name__}: {e}") from e
 
 
-def _train(trainer, compressed, x, y, epochs, fit, early_stop):
-    """Fits `trainer` (the compressed model or its distiller); returns the epochs run."""
+def _train(trainer, compressed, x, y, epochs, fit, early_stop, refresh=None):
+    """Fits `trainer` (the compressed model or its distiller); returns the epochs run.
+
+    `refresh` (BatchNorm recalibration) runs before the early stop's check.
+    """
     check_finite_losses(trainer.fit(x, y, epochs=1, **fit))
     if epochs == 1:
         return 1
     if early_stop is not None:
         x_val, y_val, floor = early_stop
+        if refresh is not None:
+            refresh()
         if model_accuracy(compressed, x_val, y_val, fit["batch_size"]) < floor:
             return 1
     check_finite_losses(trainer.fit(x, y, epochs=epochs, initial_epoch=1, **fit))
