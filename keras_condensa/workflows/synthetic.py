@@ -50,9 +50,9 @@ def synthetic_data(model, data=None, options=None, seed=0):
     soft targets on top. Real `x_val`/`y_val` (and `x_test`/`y_test`) in
     `data` are kept: the accuracy floor is then measured on real labels, and
     the synthetic inputs are kept within the range of `x_val` (unless
-    `options` give an `input_range`). With
-    none, `VALIDATION_SAMPLES` more inputs are synthesized (another seed) and
-    labelled the same way: accuracy is then agreement with the dense model.
+    `options` give an `input_range`). Without them, `VALIDATION_SAMPLES` more
+    inputs are synthesized (another seed) and labelled the same way: accuracy
+    is then agreement with the dense model.
 
     Args:
         model: the trained dense model.
