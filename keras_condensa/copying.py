@@ -18,6 +18,7 @@ import inspect
 import warnings
 
 import keras
+import numpy as np
 
 from keras_condensa import compiling, reach
 
@@ -139,3 +140,8 @@ def plain_copy(layer):
     new = copy_layer(layer)
     prebuild(layer, new)
     return new, lambda: new.set_weights(layer.get_weights())
+
+
+def named_weights(layer):
+    """`{weight name: NumPy copy}` of a layer's weights (what surgery reads and rewrites)."""
+    return {w.name: np.array(keras.ops.convert_to_numpy(w)) for w in layer.weights}

@@ -38,6 +38,7 @@ from keras import ops
 
 from keras_condensa import batchnorm_taps
 from keras_condensa.model_checks import check_model
+from keras_condensa.outputs import looks_like_probabilities, predicted_classes
 
 METHODS = ("batchnorm", "inception", "batchnorm+inception", "gaussian", "auto")
 
@@ -196,9 +197,8 @@ def _resolve_method(model, method):
 def _predicted_classes(model, x, batch_size):
     found = []
     for i in range(0, len(x), batch_size):
-        out = ops.convert_to_numpy(model(x[i : i + batch_size], training=False))
-        found.append(np.argmax(out, axis=-1))
-    return np.concatenate(found).astype("int32")
+        found.append(predicted_classes(ops.convert_to_numpy(model(x[i : i + batch_size]))))
+    return np.concatenate(found)
 
 
 def _check_range(input_range):
@@ -347,9 +347,7 @@ def synthesize(
 
 def _outputs_logits(model, x):
     """Whether `model` outputs logits, judged from its outputs on a few of the inputs `x`."""
-    outputs = ops.convert_to_numpy(model(x[:8], training=False))
-    probabilities = np.all(outputs >= 0) and np.allclose(outputs.sum(axis=-1), 1.0, atol=1e-3)
-    return not probabilities
+    return not looks_like_probabilities(ops.convert_to_numpy(model(x[:8], training=False)))
 
 
 def _optimize(synthesizer, noise, labels, steps, learning_rate):

@@ -29,10 +29,6 @@ from keras_condensa.wrappers import CompressionWrapper
 logger = logging.getLogger("keras_condensa")
 
 
-def _named_weights(layer):
-    return {w.name: np.array(ops.convert_to_numpy(w)) for w in layer.weights}
-
-
 def _weight_name(layer, name):
     """The variable name of a rule's weight, given as a variable or attribute name."""
     variable = getattr(layer, name, None)
@@ -41,7 +37,7 @@ def _weight_name(layer, name):
 
 def _zero_columns(layer, rule):
     """Per output channel: whether every weight that feeds it (not the bias) is all zeros."""
-    weights = _named_weights(layer)
+    weights = copying.named_weights(layer)
     dead = None
     for name, axis in rule.out_weights.items():
         name = _weight_name(layer, name)
@@ -58,14 +54,14 @@ def _producer_constants(layer, rule, channels):
     dead = _zero_columns(layer, rule)
     if dead is None:
         return np.full(channels, np.nan, "float64")
-    bias = _named_weights(layer).get("bias", np.zeros(channels, "float32"))
+    bias = copying.named_weights(layer).get("bias", np.zeros(channels, "float32"))
     activation = getattr(layer, "activation", None) or (lambda x: x)
     value = np.array(ops.convert_to_numpy(activation(ops.convert_to_tensor(bias[None, :]))))[0]
     return np.where(dead, value.astype("float64"), np.nan)
 
 
 def _bn_constant(layer, c):
-    w = _named_weights(layer)
+    w = copying.named_weights(layer)
     gamma = w.get("gamma", np.ones_like(c))
     beta = w.get("beta", np.zeros_like(c))
     return gamma * (c - w["moving_mean"]) / np.sqrt(w["moving_variance"] + layer.epsilon) + beta
@@ -306,7 +302,7 @@ def _plan(graph, kept, consts):
             out_idx = _tensor_index(out_lay, kept)
             in_base = _tensor_index(dependency.Layout(in_lay.segments), kept)
             in_idx = _tensor_index(in_lay, kept)
-            weights = _named_weights(layer)
+            weights = copying.named_weights(layer)
             if rule.foldable is not None and rule.foldable(layer):
                 _fold(weights, rule, in_lay, consts[id(inputs[0])], in_base)
             for name, (axis, mult) in rule.in_weights.items():
@@ -324,7 +320,7 @@ def _plan(graph, kept, consts):
             idx = _tensor_index(in_lay, kept)
             if len(idx) == in_lay.channels:
                 continue
-            weights = _named_weights(layer)
+            weights = copying.named_weights(layer)
             for name, axis in rule.out_weights.items():
                 name = _weight_name(layer, name)
                 if name in weights:

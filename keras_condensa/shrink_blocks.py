@@ -252,10 +252,6 @@ def _take_padded(array, order, axis):
     return out
 
 
-def _named_weights(layer):
-    return {w.name: np.array(ops.convert_to_numpy(w)) for w in layer.weights}
-
-
 def _block_layer(layer, blocks, input_index, output_index):
     k, a, b = blocks.shape
     config = layer.get_config()
@@ -284,7 +280,7 @@ def _block_layer(layer, blocks, input_index, output_index):
 
 def _permuted_layer(layer, rows=None, cols=None):
     """A copy of a Dense or convolution reading its inputs in `rows` order, writing in `cols`."""
-    weights = _named_weights(layer)
+    weights = copying.named_weights(layer)
     config = layer.get_config()
     if rows is not None:
         weights["kernel"] = _take_padded(weights["kernel"], rows, -2)
@@ -303,7 +299,7 @@ def _permuted_layer(layer, rows=None, cols=None):
 
 def _channel_layer(layer, order):
     """A copy of a per-channel layer for channels in `order` (-1: a padded channel)."""
-    weights = _named_weights(layer)
+    weights = copying.named_weights(layer)
     for name, value in weights.items():
         # A depthwise kernel is (..., channels, 1); the other weights are one per channel.
         weights[name] = _take_padded(value, order, -2 if value.ndim > 1 else 0)

@@ -13,8 +13,9 @@ from conftest import trained_mlp
 import keras_condensa as kc
 from keras_condensa import report, scheme_grammar
 from keras_condensa.files import save_model_atomically, write_atomically
+from keras_condensa.outputs import looks_like_probabilities
 from keras_condensa.workflows import SchemeError, compress, fine_tune
-from keras_condensa.workflows.measure import accuracy, looks_like_probabilities
+from keras_condensa.workflows.measure import accuracy
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from keras_condensa import codec
 from keras_condensa.bench import keras_latency_ms
 from keras_condensa.files import save_model_atomically, write_json_atomically
 from keras_condensa.flops import flops
+from keras_condensa.outputs import looks_like_probabilities
 from keras_condensa.search import project, results
 from keras_condensa.search.arguments import check_arguments, floor, to_objective, unpack
 from keras_condensa.search.confidence import DEFAULT_CONFIDENCE, check_confidence
@@ -36,7 +37,6 @@ from keras_condensa.workflows.measure import (
     accuracy,
     accuracy_error,
     correct,
-    looks_like_probabilities,
     predict,
 )
 from keras_condensa.workflows.synthetic import synthetic_splits

@@ -18,10 +18,10 @@ from keras_condensa import callbacks as scheme_callbacks
 from keras_condensa import shrink as shrink_model
 from keras_condensa.compiling import check_finite_losses
 from keras_condensa.lc import check_options as check_lc_options
+from keras_condensa.outputs import looks_like_probabilities
 from keras_condensa.recalibrate import recalibrate_batchnorm
 from keras_condensa.workflows.measure import (
     check_finite_weights,
-    looks_like_probabilities,
     model_accuracy,
     predict,
 )

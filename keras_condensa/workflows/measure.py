@@ -7,6 +7,8 @@ accuracy metric), against integer labels or one-hot rows.
 
 import numpy as np
 
+from keras_condensa.outputs import predicted_classes
+
 
 def predict(model, x, batch_size=256):
     """`model.predict(x)` as a NumPy array, quietly, in batches of at least 256."""
@@ -46,14 +48,10 @@ def correct(outputs, labels):
     """
     outputs = np.asarray(outputs)
     labels = np.asarray(labels)
-    if outputs.ndim >= 2 and outputs.shape[-1] > 1:
-        predicted = outputs.argmax(axis=-1)
-        if labels.ndim == outputs.ndim and labels.shape[-1] == outputs.shape[-1]:
-            labels = labels.argmax(axis=-1)
-    else:
-        scores = outputs.reshape(len(outputs))
-        threshold = 0.5 if np.all((scores >= 0) & (scores <= 1)) else 0.0
-        predicted = (scores > threshold).astype(int)
+    predicted = predicted_classes(outputs)
+    one_hot = labels.ndim == outputs.ndim >= 2 and labels.shape[-1] == outputs.shape[-1] > 1
+    if one_hot:
+        labels = labels.argmax(axis=-1)
     return predicted == labels.reshape(predicted.shape)
 
 
@@ -96,22 +94,6 @@ def accuracy_error(right, reference=None):
 def model_accuracy(model, x, y, batch_size=256):
     """Top-1 accuracy of `model` on `(x, y)` (see `accuracy`)."""
     return accuracy(predict(model, x, batch_size), y)
-
-
-def looks_like_probabilities(outputs):
-    """Whether outputs are probabilities: rows in [0, 1] summing to 1 (one unit: in [0, 1]).
-
-    Example:
-
-    >>> looks_like_probabilities(np.array([[0.25, 0.75]]))
-    True
-    >>> looks_like_probabilities(np.array([[-2.0, 3.0]]))
-    False
-    """
-    outputs = np.asarray(outputs, dtype="float64")
-    if outputs.ndim < 2 or outputs.shape[-1] < 2:
-        return bool(np.all((outputs >= 0) & (outputs <= 1)))
-    return bool(np.all(outputs >= 0) and np.allclose(outputs.sum(axis=-1), 1.0, atol=1e-3))
 
 
 def check_finite_weights(model):

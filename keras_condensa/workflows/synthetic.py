@@ -5,10 +5,9 @@ layout of a `--data` `.npz`; `synthetic_data` fills it from the dense model
 alone (`kc.data_free.synthesize`), keeping any real arrays the user has.
 """
 
-import numpy as np
-
 from keras_condensa import data_free
-from keras_condensa.workflows.measure import looks_like_probabilities, predict
+from keras_condensa.outputs import predicted_classes
+from keras_condensa.workflows.measure import predict
 
 #: Synthetic inputs the validation set gets when the user has none.
 VALIDATION_SAMPLES = 256
@@ -110,9 +109,4 @@ def synthetic_splits(model, validation_data, data_free_option, seed=None):
 
 def _labelled(model, seed, options):
     x = data_free.synthesize(model, seed=seed, **options)
-    outputs = predict(model, x)
-    if outputs.shape[-1] == 1:  # One unit: a sigmoid probability or a logit.
-        labels = outputs[:, 0] > (0.5 if looks_like_probabilities(outputs) else 0.0)
-    else:
-        labels = np.argmax(outputs, axis=-1)
-    return {"x_train": x, "y_train": labels.astype("int32")}
+    return {"x_train": x, "y_train": predicted_classes(predict(model, x))}
