@@ -23,7 +23,9 @@ def bn_cnn(seed=0):
 
 
 def accuracy(model, x, y):
-    return float(np.mean(np.argmax(np.asarray(model(x, training=False)), axis=-1) == y))
+    return float(
+        np.mean(np.argmax(keras.ops.convert_to_numpy(model(x, training=False)), axis=-1) == y)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,7 @@ def statistics_gap(model, x):
     taps = keras.Model(model.inputs[0], [bn.input for bn in bns])(x)
     gaps = []
     for bn, h in zip(bns, taps, strict=True):
-        h = np.asarray(h).reshape(-1, h.shape[-1])
+        h = keras.ops.convert_to_numpy(h).reshape(-1, h.shape[-1])
         var = np.asarray(bn.moving_variance) + bn.epsilon
         mean_gap = (h.mean(0) - np.asarray(bn.moving_mean)) ** 2 / var
         std_gap = (np.sqrt(h.var(0) + bn.epsilon) - np.sqrt(var)) ** 2 / var
@@ -82,12 +84,12 @@ def test_shapes_dtype_and_labels(trained):
     assert x.shape == (50, 8, 8, 1) and x.dtype == np.float32
     assert labels.shape == (50,) and labels.dtype == np.int32
     assert np.bincount(labels, minlength=10).tolist() == [5] * 10  # targets spread evenly
-    assert np.mean(np.argmax(np.asarray(trained(x)), axis=-1) == labels) > 0.9
+    assert np.mean(np.argmax(keras.ops.convert_to_numpy(trained(x)), axis=-1) == labels) > 0.9
     x, predicted = data_free.synthesize(
         trained, n=20, steps=5, seed=0, input_range=(0, 1), return_labels=True
     )
     assert x.min() >= 0.0 and x.max() <= 1.0 and x.std() > 0.05
-    assert np.array_equal(predicted, np.argmax(np.asarray(trained(x)), axis=-1))
+    assert np.array_equal(predicted, np.argmax(keras.ops.convert_to_numpy(trained(x)), axis=-1))
 
 
 def test_same_seed_same_inputs(trained):

@@ -22,7 +22,9 @@ def _kept(model, name):
 
 
 def _accuracy(model, x, y):
-    return float(np.mean(np.argmax(np.asarray(model(x, training=False)), axis=-1) == y))
+    return float(
+        np.mean(np.argmax(keras.ops.convert_to_numpy(model(x, training=False)), axis=-1) == y)
+    )
 
 
 def _folded_score(model, conv, bn):
@@ -96,9 +98,7 @@ def test_channels_feeding_the_output_are_never_pruned(digits):
     assert _max_error(pruned, kc.shrink(pruned), x_val) < 1e-5
 
 
-def test_fine_tuned_resnet_with_batchnorm_keeps_accuracy_and_shrinks_exactly(
-    fitted_resnet, digits
-):
+def test_fine_tuned_resnet_with_batchnorm_keeps_accuracy_and_shrinks_exactly(fitted_resnet, digits):
     x_train, y_train, x_val = _images(digits)
     y_val = digits[3]
     dense_accuracy = _accuracy(fitted_resnet, x_val, y_val)
@@ -114,12 +114,17 @@ def test_fine_tuned_resnet_with_batchnorm_keeps_accuracy_and_shrinks_exactly(
     # Pruned channels are exactly zero after their batch norm in inference, whatever
     # its moving statistics, so they cost no accuracy there.
     after_bn = keras.Model(pruned.input, bn_wrapper.output)
-    assert np.all(np.asarray(after_bn(x_val, training=False))[..., dropped] == 0)
+    assert np.all(keras.ops.convert_to_numpy(after_bn(x_val, training=False))[..., dropped] == 0)
     assert _accuracy(pruned, x_val, y_val) > 0.7  # one-shot pruning left 0.1
     shrunk = kc.strip(pruned, shrink=True)
     assert _max_error(pruned, shrunk, x_val) < 1e-5
     assert _filters(shrunk) == {
-        "stem": 8, "b0_conv1": 8, "b0_conv2": 8, "b1_conv1": 8, "b1_conv2": 8, "logits": 10
+        "stem": 8,
+        "b0_conv1": 8,
+        "b0_conv2": 8,
+        "b1_conv1": 8,
+        "b1_conv2": 8,
+        "logits": 10,
     }
     assert shrunk.count_params() < 0.4 * fitted_resnet.count_params()
 
