@@ -15,6 +15,7 @@ A layer whose rule is a barrier (LayerNormalization over channels) keeps the
 channels it reads, and the group records why.
 """
 
+import collections
 import dataclasses
 
 import keras
@@ -142,6 +143,9 @@ class DependencyGraph:
         self._previous = {}
         made_by = {}
         fn = graph_of(model)
+        # Calls within this model's graph only: a Sequential loaded from a file keeps the
+        # nodes of its partial rebuilds in `layer._inbound_nodes`.
+        self._calls = collections.Counter(id(node.operation) for node in nodes_in_order(model))
         for node in nodes_in_order(model):
             layer = node.operation
             inputs = [t for t in node.input_tensors]
@@ -221,7 +225,7 @@ class DependencyGraph:
     def _why_unsupported(self, layer, rule, outputs):
         if isinstance(layer, keras.layers.Layer):
             why = rule.check(unwrapped(layer)) if rule.check else None
-            if why is None and len(layer._inbound_nodes) > 1:
+            if why is None and self._calls[id(layer)] > 1:
                 why = "shared layer (called more than once)"
         else:  # a stateless Keras op: calling it again shares nothing
             why = constant_operand_reason(self.arguments[id(outputs[0])])

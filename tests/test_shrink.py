@@ -23,7 +23,12 @@ def _images(digits, size=8):
 
 def _max_error(a, b, x):
     return float(
-        np.max(np.abs(np.asarray(a(x, training=False)) - np.asarray(b(x, training=False))))
+        np.max(
+            np.abs(
+                keras.ops.convert_to_numpy(a(x, training=False))
+                - keras.ops.convert_to_numpy(b(x, training=False))
+            )
+        )
     )
 
 
@@ -227,3 +232,19 @@ def test_subclassed_model_is_refused():
     net(np.zeros((1, 3), "float32"))
     with pytest.raises(TypeError, match="functional"):
         kc.shrink(net)
+
+
+def test_a_sequential_loaded_from_a_file_shrinks_like_the_one_saved(tmp_path):
+    # Loading rebuilds a Sequential layer by layer, leaving each layer more than one
+    # node; only the model's own graph counts, so no layer looks shared.
+    model = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(8), keras.layers.Dense(8), keras.layers.Dense(3)]
+    )
+    stripped = kc.strip(kc.NeuronPrune(0.5).apply(model))
+    stripped.save(tmp_path / "pruned.keras")
+    loaded = keras.saving.load_model(tmp_path / "pruned.keras")
+    assert len(loaded.layers[0]._inbound_nodes) > 1
+    x = np.random.default_rng(0).normal(size=(16, 6)).astype("float32")
+    shrunk = kc.shrink(loaded)
+    assert shrunk.count_params() == kc.shrink(stripped).count_params() < stripped.count_params()
+    assert _max_error(loaded, shrunk, x) < 1e-5
