@@ -7,6 +7,7 @@ import keras
 from keras_condensa import masking
 from keras_condensa.operators.base import Operator
 from keras_condensa.operators.compose import Compose
+from keras_condensa.tensorboard_logs import CompressionSummaries
 
 
 def scheme_of(model):
@@ -133,6 +134,17 @@ class UpdateMasks(keras.callbacks.Callback):
             stacklevel=2,
         )
 
+    def target_sparsity(self):
+        """`{operator index: sparsity}` each schedule asks for at the last batch's step.
+
+        Read during `fit` (by `CompressionSummaries`); an operator's index is
+        its place in `scheme.operators()`.
+        """
+        return {
+            index: float(schedule.sparsity(self._local(index, self._step)))
+            for index, schedule in self._resolved.items()
+        }
+
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = self._step + 1
 
@@ -155,22 +167,42 @@ class UpdateMasks(keras.callbacks.Callback):
                 self._warn(index, self._reached[index])
 
 
-def callbacks(scheme, total_steps=None):
+def callbacks(scheme, total_steps=None, log_dir=None, update_freq="epoch"):
     """Returns the callbacks that run `scheme`'s updates (pruning schedules) during `fit`.
+
+    With `log_dir`, they also write TensorBoard scalars (tfmot's
+    `PruningSummaries`): each wrapped layer's density, the model's, and the
+    sparsity each schedule asks for, into `log_dir/compression` (see
+    `keras_condensa.tensorboard_logs.CompressionSummaries`). Only the
+    `tensorboard` package is needed, not TensorFlow, so this works on every
+    backend; pass the same `log_dir` to `keras.callbacks.TensorBoard` (on
+    TensorFlow) to see the losses beside them.
 
     Args:
         scheme: the operator or `kc.Compose` that was applied, or the
             wrapped model (its scheme is read from its wrappers).
         total_steps: the steps of the whole run when one run is split over
             several `fit` calls given these same callbacks (see `UpdateMasks`).
+        log_dir: optional directory for TensorBoard event files.
+        update_freq: with `log_dir`: `"epoch"` (default) or a number of
+            batches between writes.
 
     Returns:
         A list of `keras.callbacks.Callback`.
 
+    Raises:
+        ImportError: `log_dir` is given and the `tensorboard` package is
+            missing (`pip install tensorboard`).
+        ValueError: a bad `total_steps` or `update_freq`.
+
     Example:
 
     ```python
-    pruned.fit(x, y, epochs=5, callbacks=kc.callbacks(scheme))
+    pruned.fit(x, y, epochs=5, callbacks=kc.callbacks(scheme, log_dir="logs/pruning"))
+    # tensorboard --logdir logs
     ```
     """
-    return [UpdateMasks(scheme, total_steps=total_steps)]
+    updates = UpdateMasks(scheme, total_steps=total_steps)
+    if log_dir is None:
+        return [updates]
+    return [updates, CompressionSummaries(updates, log_dir, update_freq=update_freq)]

@@ -28,7 +28,16 @@ METRIC_COLUMNS = (
 ESTIMATE_COLUMNS = ("estimate", "estimate_low", "estimate_high", "p_feasible", "readings")
 #: Columns of `trials.csv`, in order; each hyperparameter gets an `hp:NAME` column
 #: after `status` (a density, per-layer densities, bit-widths: whatever the scheme has).
-TRIAL_COLUMNS = ("trial", "status", *METRIC_COLUMNS, *ESTIMATE_COLUMNS, "feasible", "best")
+#: `keras_device` is the device `keras_latency_ms` was timed on (`kc.bench.device_name()`).
+TRIAL_COLUMNS = (
+    "trial",
+    "status",
+    *METRIC_COLUMNS,
+    "keras_device",
+    *ESTIMATE_COLUMNS,
+    "feasible",
+    "best",
+)
 HP_PREFIX = "hp:"
 #: How many finalists (cheapest trials whose reading met the floor) `report.md` lists.
 FINALISTS = 5
@@ -320,7 +329,8 @@ def report_markdown(info, rows, layers, png_name="pareto.png"):
 
     Args:
         info: dict with `model`, `objective`, `dense_accuracy`, `floor`,
-            `best` (a trial row or None), `exported` (dict of `bytes`,
+            `best` (a trial row or None), `device` (where Keras latency was
+            timed, or None), `exported` (dict of `bytes`,
             `gzip_bytes`, `top1_agreement`, `max_abs_error`, `p50_ms` or
             None), `backend`, `elapsed_s`, and optionally `prune` (the
             search's structure kind; "unstructured" when absent),
@@ -343,7 +353,8 @@ def report_markdown(info, rows, layers, png_name="pareto.png"):
         "# Compression search report",
         "",
         f"- model: `{info.get('model', '-')}`",
-        f"- backend: {info.get('backend', '-')}",
+        f"- backend: {info.get('backend', '-')}"
+        + (f", Keras latency timed on {info['device']}" if info.get("device") else ""),
         f"- objective: minimise `{objective}` subject to val_accuracy >= floor",
         f"- dense val_accuracy: {info['dense_accuracy']:.4f}; floor: {info['floor']:.4f}",
         f"- trials: {len(rows)} ({sum(1 for r in rows if r.get('feasible'))} feasible)",

@@ -9,7 +9,9 @@ import pytest
 from conftest import trained_mlp
 
 import keras_condensa as kc
+from keras_condensa.bench import device_name
 from keras_condensa.search.evidence import replicate_seed
+from keras_condensa.search.run import trial_rows
 from keras_condensa.search.tuner import CompressionTuner
 
 
@@ -61,6 +63,10 @@ def test_search_finds_feasible_sparse_model(dense, tmp_path):
     for name in ("nonzero_params", "params", "density", "keras_latency_ms"):
         assert best.metrics.exists(name)
     assert best.metrics.get_last_value("density") < 1.0
+    # Each trial records the device its Keras latency was timed on.
+    rows = trial_rows(tuner)
+    assert tuner.device == device_name() and tuner.device.startswith("CPU (")
+    assert [row["keras_device"] for row in rows] == [tuner.device] * 3
 
     final = tuner.best_model()
     assert not any(isinstance(layer, kc.CompressionWrapper) for layer in final.layers)

@@ -31,6 +31,7 @@ from keras_condensa.operators import (
 from keras_condensa.search.confidence import DEFAULT_CONFIDENCE
 from keras_condensa.search.constraint import trial_metric
 from keras_condensa.search.results import estimate_columns, finite
+from keras_condensa.search.trial_metrics import measured_on
 from keras_condensa.search.tuner import CompressionTuner
 from keras_condensa.summary import summary as model_summary
 from keras_condensa.workflows.deploy import export_measured
@@ -153,6 +154,7 @@ def trial_rows(tuner):
             "hyperparameters": dict(trial.hyperparameters.values),
         }
         row.update({name: trial_metric(trial, name) for name in report.METRIC_COLUMNS})
+        row["keras_device"] = measured_on(tuner.get_trial_dir(trial.trial_id))
         row.update(estimate_columns(tuner.feasibility(trial)))
         row["feasible"] = bool(tuner.is_feasible(trial))
         row["confident"] = row["p_feasible"] is not None and row["p_feasible"] >= tuner.confidence
@@ -185,6 +187,7 @@ def run_search(
     log=None,
     tuner_output=None,
     recalibrate_batchnorm=None,
+    logdir=None,
 ):
     """Runs a constrained compression search into `directory` and writes its results.
 
@@ -220,13 +223,16 @@ def run_search(
         tuner_output: a stream Keras Tuner's own prints go to (default: stdout).
         recalibrate_batchnorm: see `CompressionTuner` (pass `False` when
             `data` is synthetic).
+        logdir: optional TensorBoard log directory for the trials (see
+            `CompressionTuner`'s `logdir`).
 
     Returns:
-        A dict of the results (the command line's `--json` object's core).
+        A dict of the results (the command line's `--json` object's core),
+        with `logdir`.
 
     Raises:
-        SearchSetupError: `directory` is in use, or the tuner rejects its
-            arguments.
+        SearchSetupError: `directory` is in use, the tuner rejects its
+            arguments, or `logdir` is given without the `tensorboard` package.
         KeyboardInterrupt: interrupted; completed trials stay on disk.
     """
     log = log or (lambda text: None)
@@ -256,8 +262,9 @@ def run_search(
                 overwrite=False,
                 listeners=listeners or (),
                 recalibrate_batchnorm=recalibrate_batchnorm,
+                logdir=logdir,
             )
-        except ValueError as e:
+        except (ValueError, ImportError) as e:
             if not resuming and os.path.isdir(directory) and not os.listdir(directory):
                 os.rmdir(directory)
             raise SearchSetupError(" ".join(str(e).split())) from None
@@ -269,6 +276,8 @@ def run_search(
             f"dense val_accuracy {tuner.dense_accuracy:.4f}, floor {tuner.accuracy_floor:.4f}; "
             f"minimising {objective} over {names or 'no hyperparameters'}, {max_trials} trials"
         )
+        if logdir is not None:
+            log(f"TensorBoard logs in {logdir} (view with: tensorboard --logdir {logdir})")
         tuner.search()
     setup = {
         "objective": objective,
@@ -278,6 +287,7 @@ def run_search(
         "shrink": shrink,
         "kind": kind,
         "model_name": model_name,
+        "logdir": logdir,
     }
     return _write_results(tuner, model, data, directory, setup, start, log)
 
@@ -346,12 +356,14 @@ def _write_results(tuner, model, data, directory, setup, start, log):
         "best": best_row,
         "exported": exported,
         "backend": keras.backend.backend(),
+        "device": tuner.device,
         "elapsed_s": time.perf_counter() - start,
         "max_trials": max_trials,
     }
     write_atomically(paths["report.md"], report.report_markdown(info, rows, layers))
     return {
         "out": directory,
+        "logdir": setup["logdir"],
         **common,
         "trials": len(rows),
         "feasible_trials": sum(1 for r in rows if r["feasible"]),

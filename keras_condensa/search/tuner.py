@@ -16,48 +16,21 @@ import warnings
 
 import keras
 import keras_tuner
-import numpy as np
 from keras_tuner import errors as kt_errors
 
-from keras_condensa import codec
-from keras_condensa.bench import keras_latency_ms
+from keras_condensa.bench import device_name
 from keras_condensa.files import save_model_atomically, write_json_atomically
-from keras_condensa.flops import flops
 from keras_condensa.outputs import looks_like_probabilities
-from keras_condensa.search import project, results
+from keras_condensa.search import project, results, tensorboard, trial_metrics
 from keras_condensa.search.arguments import check_arguments, floor, to_objective, unpack
 from keras_condensa.search.confidence import DEFAULT_CONFIDENCE, check_confidence
 from keras_condensa.search.constraint import Constraint
 from keras_condensa.search.evidence import Evidence, replicate_seed
 from keras_condensa.search.oracle import ConstrainedBayesianOracle
-from keras_condensa.summary import summary as model_summary
-from keras_condensa.workflows.deploy import export_measured
+from keras_condensa.search.trial_metrics import BASE_METRICS, EXPORT_METRICS, MODEL_FILE
 from keras_condensa.workflows.fine_tune import SchemeError, check_method, fine_tune
-from keras_condensa.workflows.measure import (
-    accuracy,
-    accuracy_error,
-    correct,
-    predict,
-)
+from keras_condensa.workflows.measure import accuracy, correct, predict
 from keras_condensa.workflows.synthetic import synthetic_splits
-
-# Metrics every trial reports.
-BASE_METRICS = (
-    "val_accuracy",
-    "val_accuracy_std",
-    "nonzero_params",
-    "params",
-    "density",
-    "keras_latency_ms",
-    "coded_bytes",
-    "flops",
-    "fine_tune_epochs",
-)
-# Metrics reported only when the trial exports a LiteRT file.
-EXPORT_METRICS = ("tflite_bytes", "tflite_gzip_bytes", "litert_latency_ms")
-
-_MODEL_FILE = "model.keras"
-_TFLITE_FILE = "model.tflite"
 
 
 class _TimeUp(Exception):
@@ -172,12 +145,21 @@ class CompressionTuner(results.TunerResults, keras_tuner.Tuner):
         recalibrate_batchnorm: re-estimate each trial's BatchNorm statistics
             on `train_data` (`kc.recalibrate_batchnorm`); default: unless
             `data_free` (synthetic inputs would skew them).
+        logdir: optional TensorBoard log directory: each trial becomes a
+            session of the HParams dashboard (its hyperparameters, metrics,
+            `feasible` and status) with its fine-tuning's
+            `train/epoch_loss` and `validation/epoch_accuracy` (`"mask"` and
+            `"distill"`; L-C trains in its own loop), laid out as
+            Keras Tuner lays out its own logs (`logdir/<trial_id>/execution0`;
+            see `search.tensorboard`). Needs the `tensorboard` package, not
+            TensorFlow.
 
     Raises:
         ValueError: `max_trials < 1`, both or invalid floors, a floor above
             the dense model's accuracy, an objective no trial reports, a
             `confidence` outside `[0.5, 1)`, a `noise` not positive, or bad
             data.
+        ImportError: `logdir` without the `tensorboard` package.
         TypeError: `scheme` is not callable, `oracle` is not an `Oracle`.
 
     Example:
@@ -230,6 +212,7 @@ class CompressionTuner(results.TunerResults, keras_tuner.Tuner):
         test_data=None,
         data_free=False,
         recalibrate_batchnorm=None,
+        logdir=None,
     ):
         if data_free:  # Synthetic training data, labelled by the dense model.
             train_data, validation_data = synthetic_splits(model, validation_data, data_free, seed)
@@ -260,6 +243,9 @@ class CompressionTuner(results.TunerResults, keras_tuner.Tuner):
         self.verbose = verbose
         self._optimizer = optimizer
         self._loss = loss
+        self.logdir = logdir
+        self.device = device_name()  # where `keras_latency_ms` is timed
+        self._logs = None if logdir is None else tensorboard.TrialLogs(logdir)
 
         objective = to_objective(objective, oracle)
         self.export = objective.name in EXPORT_METRICS if export is None else bool(export)
@@ -385,6 +371,9 @@ class CompressionTuner(results.TunerResults, keras_tuner.Tuner):
     def run_trial(self, trial, *args, **kwargs):
         """Compresses, fine-tunes, strips and measures one trial.
 
+        With `logdir`, the trial is also written to TensorBoard (its HParams
+        session and fine-tuning curves, `search.tensorboard`).
+
         Args:
             trial: the `keras_tuner.engine.trial.Trial`.
 
@@ -396,6 +385,15 @@ class CompressionTuner(results.TunerResults, keras_tuner.Tuner):
                 the scheme does not apply (or the method cannot run it), or
                 fine-tuning diverged (NaN loss or outputs).
         """
+        if self._logs is None:
+            return self._compress(trial)
+        with self._logs.session(self, trial) as log:
+            metrics = self._compress(trial, log.callbacks)
+            log.report(metrics)
+        return metrics
+
+    def _compress(self, trial, callbacks=None):
+        """`run_trial`'s work; `callbacks` join the fine-tuning's."""
         hp = trial.hyperparameters
         what = f"Trial {trial.trial_id} ({hp.values})"
         try:
@@ -425,48 +423,15 @@ class CompressionTuner(results.TunerResults, keras_tuner.Tuner):
                 early_stop=early_stop,
                 seed=replicate_seed(self.seed, trial, getattr(self.oracle, "trials", None)),
                 verbose=self.verbose,
+                callbacks=callbacks,
             )
         except (SchemeError, FloatingPointError) as e:
             raise kt_errors.FailedTrialError(f"{what}: {type(e).__name__}: {e}") from e
-        final = tuned.model
-        outputs = self._predict(final)
-        if not np.all(np.isfinite(outputs)):
-            raise kt_errors.FailedTrialError(f"{what}: the model's outputs are not finite.")
-        stats = model_summary(final, print_fn=None)
-        right = correct(outputs, self.y_val)
-        relative = self.max_accuracy_drop is not None
-        metrics = {
-            "val_accuracy": float(np.mean(right)),
-            # The reading's own error on this many samples (paired with the
-            # dense model's when the floor is relative to it).
-            "val_accuracy_std": accuracy_error(right, self._dense_right if relative else None),
-            "nonzero_params": float(stats.nonzeros),
-            "params": float(stats.params),
-            "density": float(stats.nonzeros) / max(float(stats.params), 1.0),
-            "keras_latency_ms": keras_latency_ms(final, self.x_val, runs=15, warmup=3)["p50_ms"],
-            "coded_bytes": float(codec.coded_bytes(final)),
-            "flops": float(flops(final)),
-            "fine_tune_epochs": float(tuned.epochs_run),
-        }
-        trial_dir = self.get_trial_dir(trial.trial_id)
-        save_model_atomically(final, os.path.join(trial_dir, _MODEL_FILE))
-        if self.export:
-            info = export_measured(
-                final,
-                os.path.join(trial_dir, _TFLITE_FILE),
-                quantize=self.quantize,
-                representative_data=self.x_train if self.quantize == "int8" else None,
-            )
-            metrics.update(
-                tflite_bytes=float(info["bytes"]),
-                tflite_gzip_bytes=float(info["gzip_bytes"]),
-                litert_latency_ms=float(info["p50_ms"]),
-            )
-        return metrics
+        return trial_metrics.measure(self, trial, tuned)
 
     def save_model(self, trial_id, model, step=0):
         """Saves a trial's (stripped) model as `model.keras` in its directory."""
-        save_model_atomically(model, os.path.join(self.get_trial_dir(trial_id), _MODEL_FILE))
+        save_model_atomically(model, os.path.join(self.get_trial_dir(trial_id), MODEL_FILE))
 
     def load_model(self, trial):
         """Loads a trial's stripped, fine-tuned model.
@@ -480,7 +445,7 @@ class CompressionTuner(results.TunerResults, keras_tuner.Tuner):
         Raises:
             FileNotFoundError: the trial saved no model (it failed).
         """
-        path = os.path.join(self.get_trial_dir(trial.trial_id), _MODEL_FILE)
+        path = os.path.join(self.get_trial_dir(trial.trial_id), MODEL_FILE)
         if not os.path.exists(path):
             raise FileNotFoundError(
                 f"Trial {trial.trial_id} saved no model at {path} (status {trial.status})."

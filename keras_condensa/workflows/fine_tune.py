@@ -143,6 +143,7 @@ def fine_tune(
     seed=None,
     verbose=0,
     recalibrate=True,
+    callbacks=None,
 ):
     """Compresses `model` with `scheme`, fine-tunes it and returns it stripped.
 
@@ -179,6 +180,11 @@ def fine_tune(
         recalibrate: re-estimate BatchNorm statistics on `x` (turn it off
             when `x` is not drawn from the data the model will see, e.g.
             synthetic inputs).
+        callbacks: optional `keras.callbacks.Callback`s added to the
+            training's `fit` calls, after the scheme's (methods `"mask"` and
+            `"distill"`; L-C runs its own loop without them). They see the
+            one run's epochs in order, even when the early stop's check
+            splits it over two fits.
 
     Returns:
         A `FineTuned` (`model`, `epochs_run`).
@@ -253,7 +259,7 @@ def fine_tune(
                     "fine_tune='distill' cannot pair the models",
                 )
             # One run over two fits (see `_train`): schedules span both.
-            fit["callbacks"] = scheme_callbacks(scheme, total_steps=steps)
+            fit["callbacks"] = scheme_callbacks(scheme, total_steps=steps) + list(callbacks or ())
             refresh = (
                 (lambda: recalibrate_batchnorm(compressed, x, batch_size)) if recalibrate else None
             )
