@@ -14,6 +14,13 @@ kc.summary(final)
 ```
 """
 
+# ruff: noqa: E402
+# The `keras-condensa` program keeps what TensorFlow prints while it loads (below, through
+# Keras) in its log instead of the terminal; in any other program this does nothing.
+from keras_condensa.library_log import start_for_program as _start_for_program
+
+_start_for_program()
+
 import importlib as _importlib
 
 from keras_condensa import codec, data_free, optimizers
@@ -48,6 +55,7 @@ from keras_condensa.operators import (
 from keras_condensa.prunable import PrunableLayer, PruneSpec, register_prunable
 from keras_condensa.recalibrate import recalibrate_batchnorm
 from keras_condensa.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
+from keras_condensa.sensitivity import sensitivity
 from keras_condensa.shrink import shrink
 from keras_condensa.stripping import strip
 from keras_condensa.summary import Summary, summary
@@ -100,6 +108,7 @@ __all__ = [
     "scheme_of",
     "shrink",
     "search",
+    "sensitivity",
     "strip",
     "summary",
 ]

@@ -1,15 +1,18 @@
-"""The `keras-condensa` command line: compress, search, export, bench, demo.
+"""The `keras-condensa` command line: compress, search, export, bench, analyze, demo.
 
 This module runs a command and prints: `cli_parser` parses, `cli_checks`
-validates and loads the inputs, `keras_condensa.workflows` and
-`keras_condensa.search.run` do the work, `cli_output` formats it.
+validates the arguments and loads the model, `cli_data` loads `--data`,
+`keras_condensa.workflows` and `keras_condensa.search.run` do the work,
+`cli_output` formats it.
 
 Exit status: 0 success; 2 bad usage or bad input (found before any work:
-a missing or corrupt model, an `.npz` without the expected arrays or with
+a missing or corrupt model, data without the expected arrays or with
 shapes or labels that do not fit the model, an unknown scheme word, an
 existing output directory); 1 a failure while working; 130 interrupted
 (Ctrl-C). Errors are one line on stderr, and no half-written output is left:
-files are written to a temporary name and renamed.
+files are written to a temporary name and renamed. What the libraries print
+(TensorFlow, the TFLite converter, absl, warnings) goes to the command's log
+file (`cli_output.log_path`), not the terminal, unless `--verbose`.
 
 Example:
 
@@ -19,6 +22,7 @@ keras-condensa compress model.keras --data data.npz --scheme "prune:0.1+int8" --
 keras-condensa search model.keras --data data.npz --max-drop 0.01 --max-trials 10 --out run1
 keras-condensa export small.keras --quantize int8 --data data.npz --out small.tflite
 keras-condensa bench small.tflite
+keras-condensa analyze model.keras --data data.npz --densities 0.1,0.25,0.5 --out sens
 keras-condensa demo
 ```
 """
@@ -32,17 +36,16 @@ from keras_condensa.cli_checks import (
     check_compress_args,
     check_paths,
     check_search_args,
-    command_data,
-    load_data,
     load_model,
     one_line,
 )
+from keras_condensa.cli_data import command_data, optional_data
 from keras_condensa.cli_output import (
+    CommandLog,
     Output,
     json_result,
     print_compressed,
     print_search_result,
-    quiet_libraries,
     search_with_progress,
 )
 from keras_condensa.cli_parser import build_parser
@@ -116,6 +119,7 @@ def cmd_search(args, out):
         seed=args.seed,
         kind=args.prune,
         recalibrate_batchnorm=False if args.data_free else None,
+        logdir=args.logdir,
     )
     print_search_result(result, out)
     out.emit_json({"command": "search", **json_result(result)})
@@ -131,7 +135,7 @@ def cmd_export(args, out):
     if quantize == "int8" and not args.data:
         raise UsageError("--quantize int8 needs --data (calibration inputs from x_train)")
     model = load_model(args.model)
-    data = load_data(args.data, model, require_labels=False) if args.data else {}
+    data = optional_data(args, model)
     calibration = data.get("x_train", data.get("x_val")) if quantize == "int8" else None
     try:
         info = export_measured(
@@ -204,7 +208,7 @@ def cmd_bench(args, out):
         from keras_condensa.workflows.measure import model_accuracy
 
         model = load_model(path)
-        data = load_data(args.data, model, require_labels=False) if args.data else {}
+        data = optional_data(args, model)
         x = data.get("x_val", data.get("x_train"))
         if x is None:
             shape = tuple(1 if d is None else d for d in model.inputs[0].shape[1:])
@@ -231,6 +235,40 @@ def cmd_bench(args, out):
     return EXIT_OK
 
 
+def cmd_analyze(args, out):
+    """`analyze`: per-layer sensitivity (`kc.sensitivity`): a table, a CSV and a plot."""
+    from keras_condensa.files import write_atomically
+    from keras_condensa.sensitivity import sensitivity
+
+    model = load_model(args.model)
+    data = command_data(args, model)
+    try:
+        result = sensitivity(
+            model, data=(data["x_val"], data["y_val"]), densities=args.densities, groups=args.groups
+        )
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"cannot analyze {args.model}: {one_line(e, 300)}") from None
+    os.makedirs(args.out, exist_ok=True)
+    csv_path = os.path.join(args.out, "sensitivity.csv")
+    png_path = os.path.join(args.out, "sensitivity.png")
+    write_atomically(csv_path, result.to_csv())
+    result.plot(png_path, title=f"Sensitivity of {os.path.basename(args.model)}")
+    out.result(result.to_text())
+    out.result(f"wrote {csv_path} and {png_path}")
+    out.emit_json(
+        {
+            "command": "analyze",
+            "model": args.model,
+            "dense_accuracy": result.dense_accuracy,
+            "densities": list(result.densities),
+            "rows": result.rows,
+            "csv": csv_path,
+            "png": png_path,
+        }
+    )
+    return EXIT_OK
+
+
 def cmd_demo(args, out):
     """`demo`: LeNet-300-100 on digits, searched, exported and compared (`keras_condensa.demo`)."""
     from keras_condensa import demo
@@ -243,6 +281,7 @@ _COMMANDS = {
     "search": cmd_search,
     "export": cmd_export,
     "bench": cmd_bench,
+    "analyze": cmd_analyze,
     "demo": cmd_demo,
 }
 
@@ -258,31 +297,36 @@ def main(argv=None):
         interrupted.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    with CommandLog(argv) as log:  # what the libraries print goes to a log (unless --verbose)
+        return _run(argv, log)
+
+
+def _run(argv, log):
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        with log.to_terminal():
+            args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: 0 for --help, 2 for usage errors.
         return int(e.code or 0)
     args.argv = argv
-    quiet_libraries()
+    log.args = args  # it picks the log file
     out = Output(quiet=args.quiet, as_json=args.json)
     try:
         check_paths(args)
         return _COMMANDS[args.command](args, out)
     except UsageError as e:
-        print(f"keras-condensa {args.command}: error: {e}", file=sys.stderr, flush=True)
+        out.error(f"keras-condensa {args.command}: error: {e}")
         return EXIT_USAGE
     except KeyboardInterrupt:
         if args.command not in ("search", "demo"):
-            print(f"keras-condensa {args.command}: interrupted", file=sys.stderr, flush=True)
+            out.error(f"keras-condensa {args.command}: interrupted")
         return EXIT_INTERRUPTED
     except Exception as e:  # One line, not a traceback; KERAS_CONDENSA_DEBUG=1 re-raises.
         if os.environ.get("KERAS_CONDENSA_DEBUG"):
             raise
-        print(
-            f"keras-condensa {args.command}: failed: {type(e).__name__}: {one_line(e, 400)}",
-            file=sys.stderr,
-            flush=True,
+        out.error(
+            f"keras-condensa {args.command}: failed: {type(e).__name__}: {one_line(e, 400)}"
+            f"{log.hint()}"
         )
         return EXIT_FAILURE
 

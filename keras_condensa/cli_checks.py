@@ -1,17 +1,17 @@
 """The command line's validation layer: every subcommand's arguments, checked before any work.
 
-Inputs are loaded and checked here too (`load_model`, `load_data`).
-Single values are checked by argparse types (`int_at_least`, `fraction`) as
-the command line is parsed; files by `check_paths`, from one table of what
-each subcommand reads and writes. Every failure is a `UsageError` or an
-argparse error, and the command line exits with status 2.
+Models are loaded and checked here too (`load_model`), and so are the
+arrays of `--data` (`check_data_arrays`; `keras_condensa.cli_data` reads
+them). Single values are checked by argparse types (`int_at_least`,
+`fraction`, `image_size`) as the command line is parsed; files by
+`check_paths`, from one table of what each subcommand reads and writes.
+Every failure is a `UsageError` or an argparse error, and the command line
+exits with status 2.
 """
 
 import argparse
 import os
 import tempfile
-
-from keras_condensa.compiling import check_finite_data
 
 _DATA_KEYS = ("x_train", "y_train", "x_val", "y_val")
 
@@ -27,12 +27,14 @@ _INPUTS = {
     "search": (("model", "model"), ("data", "data")),
     "export": (("model", "model"), ("data", "data")),
     "bench": (("model", "model"), ("data", "data")),
+    "analyze": (("model", "model"), ("data", "data")),
     "demo": (),
 }
 _OUTPUTS = {
     "compress": ("out", (".keras", ".kcz")),
     "search": ("out", None),
     "export": ("out", (".tflite",)),
+    "analyze": ("out", None),
     "demo": ("out", None),
 }
 _WRITES = {
@@ -71,6 +73,53 @@ def confidence(text):
     return value
 
 
+def image_size(text):
+    """An argparse type: `H,W` (or `HxW`), two positive integers (`--image-size`)."""
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        size = tuple(int(p) for p in parts)
+    except ValueError:
+        size = ()
+    if len(size) != 2 or min(size) < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be the height and width of the images in pixels, e.g. 224,224; got {text!r}"
+        )
+    return size
+
+
+def function_reference(text):
+    """The `(module or .py file, function)` of a `--data module:function`, or None.
+
+    The function may be a dotted attribute path (`loaders:Digits.load`); a
+    Windows path (`C:\\data`) is no reference.
+
+    Example:
+
+    >>> function_reference("mypkg.data:load")
+    ('mypkg.data', 'load')
+    >>> function_reference("tools/data.py:load")
+    ('tools/data.py', 'load')
+    >>> function_reference("data.npz") is None
+    True
+    """
+    target, colon, name = text.rpartition(":")
+    if not colon or not target or not all(p.isidentifier() for p in name.split(".")):
+        return None
+    if target.endswith(".py") or all(p.isidentifier() for p in target.split(".")):
+        return target, name
+    return None
+
+
+def _check_data_source(path):
+    """Raises unless a `--data` is an existing file or directory, or a `module:function`."""
+    if os.path.exists(path) or function_reference(path) is not None:
+        return
+    raise UsageError(
+        f"--data {path}: not found; give an .npz file, a directory of images in class folders, "
+        "or module:function (e.g. mypkg.data:load or path/to/data.py:load)"
+    )
+
+
 def fraction(text):
     """An argparse type: a number in [0, 1]."""
     try:
@@ -80,6 +129,20 @@ def fraction(text):
     if not 0 <= value <= 1:  # NaN fails too
         raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
     return value
+
+
+def densities(text):
+    """An argparse type: comma-separated fractions in (0, 1] (`--densities 0.1,0.25,0.5`)."""
+    try:
+        values = tuple(float(t) for t in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(0 < v <= 1 for v in values):  # NaN fails too
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated fractions of weights to keep, each in (0, 1], e.g. "
+            f"0.1,0.25,0.5; got {text!r}"
+        )
+    return values
 
 
 def _check_writable(directory, flag):
@@ -141,7 +204,8 @@ def _check_output(args, attr, extension):
 def check_paths(args):
     """Checks a parsed command line's files before any work.
 
-    Inputs must exist; an output must not be an input, must have the
+    Inputs must exist (`--data` may also be a directory or a
+    `module:function`); an output must not be an input, must have the
     extension of what is written, and its directory must be writable.
 
     Raises:
@@ -149,7 +213,9 @@ def check_paths(args):
     """
     for name, kind in _INPUTS[args.command]:
         path = getattr(args, name, None)
-        if path is not None and not os.path.isfile(path):
+        if path is not None and kind == "data":
+            _check_data_source(path)
+        elif path is not None and not os.path.isfile(path):
             what = "not a file" if os.path.exists(path) else "not found"
             raise UsageError(f"{kind} file {what}: {path}")
     if args.command in _OUTPUTS:
@@ -258,71 +324,76 @@ def _check_keras_archive(path):
         raise UsageError(f"{path} is not a valid .keras archive: {what}; save the model again")
 
 
-def load_data(path, model=None, require_labels=True):
-    """Loads a `--data` `.npz` and checks it fits `model`.
+# ----------------------------------------------------------------------
+# The arrays of `--data` (read by `keras_condensa.cli_data`).
 
-    The file holds `x_train`, `y_train`, `x_val`, `y_val` (and optionally
-    `x_test`, `y_test`). Labels are integers in `[0, outputs)` or one-hot
-    rows as wide as the model's output.
+
+def check_data_arrays(label, data, model=None, require_labels=True):
+    """Checks the arrays of a `--data` against each other and `model`.
+
+    Labels are integers in `[0, outputs)` or one-hot rows as wide as the
+    model's output.
 
     Args:
-        path: the `.npz`.
+        label: how errors name the source (a path, or `--data SOURCE`).
+        data: a dict of arrays: `x_train`, `y_train`, `x_val`, `y_val`, and
+            optionally `x_test`, `y_test`.
         model: the model the data must fit (input shape, output width).
         require_labels: whether all four arrays are needed (else `x_train`
             or `x_val` suffices).
 
     Returns:
-        A dict of numpy arrays.
+        The dict, as numpy arrays (float64 inputs as float32).
 
     Raises:
-        UsageError: a missing or unreadable file, missing arrays, shapes
-            or labels that do not fit.
+        UsageError: missing arrays, shapes or labels that do not fit.
     """
     import numpy as np
 
-    if not os.path.isfile(path):
-        raise UsageError(f"data file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = {k: np.asarray(npz[k]) for k in npz.files}
-    except Exception as e:
-        raise UsageError(f"cannot read data {path}: {type(e).__name__}: {one_line(e)}") from None
+    from keras_condensa.compiling import check_finite_data
+
+    data = {k: np.asarray(v) for k, v in data.items()}
     needed = _DATA_KEYS if require_labels else ()
     missing = [k for k in needed if k not in data]
     if not require_labels and "x_train" not in data and "x_val" not in data:
         missing = ["x_train or x_val"]
     if missing:
         raise UsageError(
-            f"{path} lacks the arrays {', '.join(missing)}; a --data .npz holds "
+            f"{label} lacks the arrays {', '.join(missing)}; --data holds "
             f"{', '.join(_DATA_KEYS)} (optionally x_test, y_test). Found: {sorted(data) or 'none'}"
         )
     if require_labels and ("x_test" in data) != ("y_test" in data):
         given, lacking = ("x_test", "y_test") if "x_test" in data else ("y_test", "x_test")
         raise UsageError(
-            f"{path} holds {given} without {lacking}: the held-out check needs both (or neither)"
+            f"{label} holds {given} without {lacking}: the held-out check needs both (or neither)"
         )
     for split in ("train", "val", "test"):
         x, y = data.get(f"x_{split}"), data.get(f"y_{split}")
         if x is None:
             continue
         if x.ndim < 1 or len(x) == 0:
-            raise UsageError(f"{path}: x_{split} is empty")
+            raise UsageError(f"{label}: x_{split} is empty")
         if not np.issubdtype(x.dtype, np.number):
-            raise UsageError(f"{path}: x_{split} is not numeric (dtype {x.dtype})")
+            raise UsageError(f"{label}: x_{split} is not numeric (dtype {x.dtype})")
         for name, array in ((f"x_{split}", x), (f"y_{split}", y)):
             try:
                 check_finite_data(name, array if array is not None else np.zeros(0))
             except ValueError as e:
-                raise UsageError(f"{path}: {e}") from None
+                raise UsageError(f"{label}: {e}") from None
         data[f"x_{split}"] = x.astype("float32") if x.dtype == np.float64 else x
         if y is not None and len(y) != len(x):
-            raise UsageError(f"{path}: x_{split} has {len(x)} samples but y_{split} has {len(y)}")
+            raise UsageError(f"{label}: x_{split} has {len(x)} samples but y_{split} has {len(y)}")
         if model is not None:
-            _check_fits(path, model, split, x, y)
+            _check_fits(label, model, split, x, y)
     return data
 
 
-def _check_fits(path, model, split, x, y):
+def shape_text(shape):
+    """A shape with `?` for unknown sizes: `(?, 8, 8, 1)`."""
+    return str(tuple("?" if d is None else d for d in shape))
+
+
+def _check_fits(label, model, split, x, y):
     import numpy as np
 
     if len(model.inputs) != 1 or len(model.outputs) != 1:
@@ -337,8 +408,8 @@ def _check_fits(path, model, split, x, y):
     )
     if mismatch:
         raise UsageError(
-            f"{path}: x_{split} has samples of shape {got} but the model expects "
-            f"{tuple('?' if e is None else e for e in expected)}"
+            f"{label}: x_{split} has samples of shape {got} but the model expects "
+            f"{shape_text(expected)}"
         )
     if y is None:
         return
@@ -346,49 +417,18 @@ def _check_fits(path, model, split, x, y):
     if y.ndim >= 2 and y.shape[-1] > 1:
         if outputs is not None and y.shape[-1] != outputs:
             raise UsageError(
-                f"{path}: y_{split} has one-hot rows of width {y.shape[-1]} but the model "
+                f"{label}: y_{split} has one-hot rows of width {y.shape[-1]} but the model "
                 f"has {outputs} outputs"
             )
         return
     if not np.issubdtype(y.dtype, np.number) or not np.all(np.isfinite(y)):
-        raise UsageError(f"{path}: y_{split} must hold finite numeric labels")
+        raise UsageError(f"{label}: y_{split} must hold finite numeric labels")
     if np.any(y < 0) or np.any(y != np.round(y)):
-        raise UsageError(f"{path}: y_{split} must hold non-negative integer labels")
+        raise UsageError(f"{label}: y_{split} must hold non-negative integer labels")
     classes = max(int(outputs or 1), 2)  # One sigmoid unit: labels 0 and 1.
     top = int(np.max(y))
     if top >= classes:
         raise UsageError(
-            f"{path}: y_{split} has label {top} but the model has {outputs} output"
+            f"{label}: y_{split} has label {top} but the model has {outputs} output"
             f"{'s' if outputs != 1 else ''} (labels must be < {classes})"
         )
-
-
-def command_data(args, model):
-    """The data of `compress` or `search`: `--data`, or with `--data-free` synthesized.
-
-    With `--data-free METHOD`, training inputs are synthesized from `model`
-    (`keras_condensa.workflows.synthetic`); a `--data` file then only gives
-    real validation (and test) arrays, and without it accuracy is agreement
-    with the dense model on synthetic inputs. `--fine-tune` defaults to
-    `distill` with `--data-free`, else to `mask` (set by the `check_*_args`).
-
-    Raises:
-        UsageError: no `--data` without `--data-free`, bad data, or a model
-            the method cannot synthesize for (naming the method that can).
-    """
-    if not args.data_free:
-        if args.data is None:
-            raise UsageError(
-                "--data is required: an .npz with x_train, y_train, x_val, y_val (or --data-free "
-                "to fine-tune on inputs synthesized from the model)"
-            )
-        return load_data(args.data, model)
-    from keras_condensa.workflows.synthetic import synthetic_data
-
-    data = load_data(args.data, model, require_labels=False) if args.data else None
-    try:
-        return synthetic_data(model, data, {"method": args.data_free}, getattr(args, "seed", 0))
-    except ValueError as e:
-        # The library names its methods as arguments; the command line as option values.
-        text = one_line(e, 300).replace("method='", "--data-free '")
-        raise UsageError(f"--data-free {args.data_free}: {text}") from None

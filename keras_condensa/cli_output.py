@@ -1,24 +1,36 @@
 """What the command line prints: results on stdout, progress on stderr, `--json`.
 
-Nothing here computes: it formats what the workflows return.
+Nothing here computes: it formats what the workflows return. What the
+libraries print (TensorFlow's and the TFLite converter's C++ logs, absl,
+Python warnings, Keras Tuner) is not ours: unless `--verbose`, a
+`CommandLog` captures it while a command runs and keeps it in the command's
+log file (`log_path`), and our own lines go to the terminal behind the capture.
 """
 
 import contextlib
 import json
-import logging
 import os
 import sys
-import warnings
+import tempfile
+import time
 
+from keras_condensa import library_log
 from keras_condensa.cli_checks import UsageError, one_line
 from keras_condensa.report import held_out_text, interval_text
 from keras_condensa.search import run
 from keras_condensa.search.constraint import trial_metric
 from keras_condensa.workflows.measure import layer_rows
 
+#: The name of a command's log file in a directory (`log_path`).
+LOG_NAME = "keras-condensa.log"
+
 
 class Output:
-    """Where messages go: results on stdout, progress on stderr; `--quiet` and `--json`."""
+    """Where messages go: results on stdout, progress on stderr; `--quiet` and `--json`.
+
+    Our lines reach the terminal even while a `CommandLog` captures what the
+    libraries print (`keras_condensa.library_log.terminal`).
+    """
 
     def __init__(self, quiet=False, as_json=False):
         self.quiet = quiet
@@ -27,17 +39,25 @@ class Output:
     def result(self, text):
         """A human-readable result (stdout), unless `--json`."""
         if not self.as_json:
-            print(text, flush=True)
+            print(text, file=library_log.terminal("stdout"), flush=True)
 
     def progress(self, text):
         """A progress line (stderr), unless `--quiet`."""
         if not self.quiet:
-            print(text, file=sys.stderr, flush=True)
+            print(text, file=library_log.terminal("stderr"), flush=True)
+
+    def error(self, text):
+        """An error or interruption line (stderr), whatever the options."""
+        print(text, file=library_log.terminal("stderr"), flush=True)
 
     def emit_json(self, obj):
         """The one JSON object of `--json` (stdout)."""
         if self.as_json:
-            print(json.dumps(obj, default=_json_default), flush=True)
+            print(
+                json.dumps(obj, default=_json_default),
+                file=library_log.terminal("stdout"),
+                flush=True,
+            )
 
 
 def _json_default(value):
@@ -47,16 +67,107 @@ def _json_default(value):
         return str(value)
 
 
-def quiet_libraries():
-    """Silences Python-level TensorFlow and conversion warnings.
+def log_path(args):
+    """Where a command keeps what the libraries printed.
 
-    TensorFlow's C++ logs are read from `TF_CPP_MIN_LOG_LEVEL` when TensorFlow
-    is imported, which may already have happened.
+    `search` and `demo`: `OUT/search/keras-condensa.log`, with the Keras Tuner
+    project (a resumed search appends to it, `--overwrite` starts it anew); a
+    command writing a file: that file's name plus `.log` (`small.tflite.log`);
+    another writing a directory: `OUT/keras-condensa.log`; one writing
+    nothing (`bench`): `keras-condensa.log` in the temporary directory.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The path (its directory may not exist yet).
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    out = getattr(args, "out", None)
+    if not out:
+        return os.path.join(tempfile.gettempdir(), LOG_NAME)
+    if args.command in ("search", "demo"):
+        return os.path.join(out, run.SEARCH_PROJECT, LOG_NAME)
+    if os.path.isdir(out):
+        return os.path.join(out, LOG_NAME)
+    return out + ".log"
+
+
+class CommandLog:
+    """What the libraries print while a command runs, kept in its log file (`log_path`).
+
+    Unless `verbose`, file descriptors 1 and 2 are captured
+    (`keras_condensa.library_log.LibraryLog`; the one the package started as
+    the program loaded, if any) until the command ends; then the captured
+    text, if any, is appended to the command's log file (or to
+    `keras-condensa.log` in the temporary directory when that cannot be
+    written). With `verbose`, nothing is captured.
+
+    Args:
+        argv: the command line, without the program name (`--verbose` in it
+            turns the capture off; it names the run in the log).
+
+    Example:
+
+    ```python
+    with CommandLog(argv) as log:
+        with log.to_terminal():
+            args = parser.parse_args(argv)
+        log.args = args
+        ...
+    ```
+    """
+
+    def __init__(self, argv):
+        self.argv = list(argv)
+        #: The parsed command line, once known: it chooses the log file.
+        self.args = None
+        self._log = library_log.current()
+        if "--verbose" in self.argv:
+            if self._log is not None:
+                self._log.release()
+            self._log = None
+        elif self._log is None:
+            self._log = library_log.LibraryLog().start()
+
+    def to_terminal(self):
+        """A context in which `print` reaches the terminal (argparse's help and errors)."""
+        return library_log.to_terminal()
+
+    def path(self):
+        """The log file (`log_path`), or None before the command is known or with `--verbose`."""
+        if self._log is None or self.args is None:
+            return None
+        return log_path(self.args)
+
+    def hint(self):
+        """`"; what the libraries printed is in PATH"` once they printed something, else ""."""
+        path = self.path()
+        if path is None or not self._log.captured_bytes():
+            return ""
+        return f"; what the libraries printed is in {path}"
+
+    def close(self):
+        """Ends the capture and appends what it holds to the log file (idempotent)."""
+        if self._log is None:
+            return
+        log, self._log = self._log, None
+        log.stop()
+        command = " ".join(["keras-condensa", *self.argv])
+        header = f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {command}"
+        path = log_path(self.args) if self.args is not None else None
+        fallback = os.path.join(tempfile.gettempdir(), LOG_NAME)
+        for candidate in (path, fallback):
+            if candidate is None or not os.path.isdir(os.path.dirname(os.path.abspath(candidate))):
+                continue
+            with contextlib.suppress(OSError):
+                log.save(candidate, header)
+                return
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
 
 
 def hyperparameters_text(values):
@@ -176,7 +287,8 @@ def search_with_progress(out, command_line, model, data, directory, **kwargs):
     """Runs `keras_condensa.search.run.run_search` with a progress line per trial.
 
     Keras Tuner's own prints go to stderr (or nowhere with `--quiet`), as
-    stdout belongs to the results; an interruption prints how to resume.
+    stdout belongs to the results, and so into the log of a `CommandLog`
+    unless `--verbose`; an interruption prints how to resume.
 
     Args:
         out: an `Output`.
@@ -206,11 +318,9 @@ def search_with_progress(out, command_line, model, data, directory, **kwargs):
         except run.SearchSetupError as e:
             raise UsageError(one_line(e, 400)) from None
         except KeyboardInterrupt:
-            print(
+            out.error(
                 f"interrupted: finished trials are kept in "
                 f"{os.path.join(directory, run.SEARCH_PROJECT)}; run {command_line} again "
-                "to resume",
-                file=sys.stderr,
-                flush=True,
+                "to resume"
             )
             raise

@@ -6,7 +6,7 @@
 import argparse
 
 from keras_condensa import scheme_grammar
-from keras_condensa.cli_checks import confidence, fraction, int_at_least
+from keras_condensa.cli_checks import confidence, densities, fraction, image_size, int_at_least
 
 _QUANTIZE_CHOICES = ("none", "float16", "dynamic", "int8")
 _OBJECTIVES = ("tflite_bytes", "tflite_gzip_bytes", "litert_latency_ms", "coded_bytes")
@@ -26,10 +26,32 @@ def _data_free_option(parser):
     )
 
 
+_DATA = (
+    "an .npz, a directory of images in class folders, or module:function returning "
+    "(train, val) (see keras-condensa --help)"
+)
+
+
+def _image_size_option(parser):
+    parser.add_argument(
+        "--image-size",
+        type=image_size,
+        metavar="H,W",
+        help="the size images of a --data directory are resized to (default: the model's input "
+        "size; needed when the model takes any size)",
+    )
+
+
 def build_parser():
     """The `argparse` parser of `keras-condensa` and its subcommands."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    common.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show what the libraries print (TensorFlow, the TFLite converter, absl, warnings) "
+        "instead of keeping it in the command's log file",
+    )
     common.add_argument(
         "--json",
         action="store_true",
@@ -40,7 +62,16 @@ def build_parser():
         description="Compress Keras 3 models: prune and quantize, search the cheapest "
         "compression under an accuracy floor, export to LiteRT, benchmark.",
         epilog="Exit status: 0 success, 1 failure, 2 bad usage or input, 130 interrupted. "
-        "Data files (.npz) hold x_train, y_train, x_val, y_val (optionally x_test, y_test).",
+        "--data is an .npz holding x_train, y_train, x_val, y_val (optionally x_test, y_test); "
+        "or a directory of images in one folder per class (train/ and val/ subfolders are the "
+        "splits, else a fixed fifth of the images is the validation split; resized to the "
+        "model's input size or --image-size; integer labels, pixels 0-255); or module:function "
+        "(mypkg.data:load, path/to/data.py:load) returning (train, val) or (train, val, test), "
+        "each (x, y) arrays, a tf.data.Dataset or an iterable of (x, y) batches. All of it is "
+        "read into memory. What the libraries print goes to the command's log file, not the "
+        "terminal (--verbose shows it): OUT/search/keras-condensa.log for search and demo, the "
+        "output file's name plus .log for compress and export, keras-condensa.log in the "
+        "temporary directory for bench.",
     )
     from keras_condensa.version import __version__
 
@@ -59,8 +90,10 @@ def build_parser():
     p.add_argument("model", help="the trained .keras model")
     p.add_argument(
         "--data",
-        help=".npz with x_train, y_train, x_val, y_val (with --data-free: x_val, y_val, optional)",
+        help=f"training and validation data: {_DATA} (with --data-free: only its validation "
+        "arrays are used, and it is optional)",
     )
+    _image_size_option(p)
     _data_free_option(p)
     p.add_argument("--scheme", required=True, help=scheme_grammar.help_text())
     p.add_argument(
@@ -97,10 +130,11 @@ def build_parser():
     p.add_argument("model", help="the trained .keras model")
     p.add_argument(
         "--data",
-        help=".npz with x_train, y_train, x_val, y_val, and optionally x_test, y_test (the "
-        "held-out check: does the returned model meet the floor on data the search never saw?); "
+        help=f"training, validation and optionally test data: {_DATA}; the test split is the "
+        "held-out check (does the returned model meet the floor on data the search never saw?); "
         "with --data-free only the validation and test arrays are used, and are optional",
     )
+    _image_size_option(p)
     _data_free_option(p)
     floor = p.add_mutually_exclusive_group(required=True)
     floor.add_argument("--accuracy-floor", type=fraction, help="absolute validation accuracy floor")
@@ -168,6 +202,12 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of the oracle and fine-tuning")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace a finished search in --out")
+    p.add_argument(
+        "--logdir",
+        help="also write each trial to TensorBoard here: the HParams dashboard (hyperparameters, "
+        "metrics, feasibility) and fine-tuning curves; needs the tensorboard package "
+        "(view with: tensorboard --logdir DIR)",
+    )
 
     p = sub.add_parser(
         "export",
@@ -183,7 +223,8 @@ def build_parser():
         default="none",
         help="none (float32), float16, dynamic (int8 weights), int8 (needs --data)",
     )
-    p.add_argument("--data", help=".npz: x_train calibrates int8, x_val verifies")
+    p.add_argument("--data", help=f"{_DATA}: x_train calibrates int8, x_val verifies")
+    _image_size_option(p)
     p.add_argument("--no-sparse", action="store_true", help="no sparse weight encoding")
     p.add_argument(
         "--kernels",
@@ -201,9 +242,45 @@ def build_parser():
         ".tflite file with LiteRT (p50, p90, p99, bytes, gzip bytes).",
     )
     p.add_argument("model", help="a .keras model or a .tflite file")
-    p.add_argument("--data", help=".npz; inputs from x_val (and accuracy for .keras)")
+    p.add_argument("--data", help=f"{_DATA}: inputs from x_val (and accuracy for .keras)")
+    _image_size_option(p)
     p.add_argument("--runs", type=int_at_least(1), default=200, help="timed runs (default 200)")
     p.add_argument("--threads", type=int_at_least(1), default=1, help="LiteRT threads (default 1)")
+
+    p = sub.add_parser(
+        "analyze",
+        parents=[common],
+        help="per-layer sensitivity: accuracy drop per layer per density",
+        description="Prune each layer alone (unstructured magnitude pruning; with --groups "
+        "the filters or neurons of each group of coupled channels), at each density, in a "
+        "copy of the model, and evaluate it on the validation data with no fine-tuning "
+        "(kc.sensitivity). "
+        "Prints a table of the accuracy drops with each layer's share of the parameters, "
+        "FLOPs and latency, and writes OUT/sensitivity.csv and OUT/sensitivity.png "
+        "(replaced if there).",
+    )
+    p.add_argument("model", help="the trained .keras model")
+    p.add_argument("--data", required=True, help=f"{_DATA}; the validation split is evaluated")
+    _image_size_option(p)
+    p.add_argument(
+        "--densities",
+        type=densities,
+        default=(0.1, 0.25, 0.5),
+        help="comma-separated fractions of weights to keep (default 0.1,0.25,0.5)",
+    )
+    p.add_argument(
+        "--groups",
+        action="store_true",
+        help="one row per group of coupled channels (convolutions added by a residual Add "
+        "count as one), pruned by whole filters or neurons as kc.shrink removes them",
+    )
+    p.add_argument(
+        "--out",
+        default="sensitivity_out",
+        help="directory for sensitivity.csv and sensitivity.png, created if need be "
+        "(default sensitivity_out)",
+    )
+    p.set_defaults(data_free=None)  # the --data of compress, without --data-free
 
     p = sub.add_parser(
         "demo",

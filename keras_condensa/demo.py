@@ -3,7 +3,9 @@
 No download: the 8x8 digits ship with scikit-learn. `run` trains the dense
 model, runs the same search as `keras-condensa search` (its outputs included),
 exports the dense model the same way as a yardstick and prints
-`comparison_table`.
+`comparison_table`. Like every command, it prints its own lines only: what
+TensorFlow and the TFLite converter print is kept in
+`OUT/search/keras-condensa.log` (`keras-condensa demo --verbose` shows it).
 """
 
 import os

@@ -12,6 +12,7 @@ import pytest
 
 import keras_condensa as kc
 from keras_condensa import cli
+from keras_condensa.bench import device_name
 from keras_condensa.report import report_markdown
 from keras_condensa.scheme_grammar import SchemeSyntaxError, parse_scheme
 from keras_condensa.search import run as search_run
@@ -191,10 +192,12 @@ def test_search_writes_outputs_then_refuses_the_finished_dir(files, tmp_path, ca
     with open(os.path.join(out, "trials.csv")) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and sum(r["best"] == "True" for r in rows) == 1
+    assert {r["keras_device"] for r in rows} == {device_name()}
     assert result["trials"] == 2 and result["stop_reason"] is None  # both trials ran
     assert result["best"]["tflite"]["bytes"] == os.path.getsize(os.path.join(out, "best.tflite"))
     report = open(os.path.join(out, "report.md")).read()
     assert "pareto.png" in report and "| fc1 | Dense |" in report
+    assert f"Keras latency timed on {device_name()}" in report
 
     assert cli.main(args) == 2
     lines = _error_lines(capsys)
