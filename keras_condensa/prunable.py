@@ -87,6 +87,20 @@ def register_prunable(layer_class, spec_fn):
     _REGISTRY[layer_class] = spec_fn
 
 
+def attributes(obj):
+    """`vars(obj)`, with the sublayers the PyTorch backend keeps apart.
+
+    On the torch backend a Keras layer is a `torch.nn.Module`, whose
+    `__setattr__` stores sublayers in `_modules`, not in the instance's
+    dictionary: they are listed under their own attribute names here.
+    """
+    found = dict(vars(obj))
+    modules = found.pop("_modules", None)
+    if isinstance(modules, dict):
+        found.update((name, value) for name, value in modules.items() if name not in found)
+    return found
+
+
 def resolve(layer, path):
     """Returns the object at attribute `path` of `layer`.
 
@@ -165,7 +179,7 @@ def _path_of(layer, variable):
     for name, value in vars(layer).items():
         if value is variable:
             return name.lstrip("_") if _has_weight(layer, name.lstrip("_")) else name
-    for name, value in vars(layer).items():
+    for name, value in attributes(layer).items():
         if isinstance(value, keras.layers.Layer):
             try:
                 return f"{name}.{_path_of(value, variable)}"

@@ -77,11 +77,12 @@ def _children(layer):
     through Keras's own list of tracked layers (`_layers.i`).
     """
     seen = set()
-    for name in sorted(vars(layer)):
+    found = prunable.attributes(layer)
+    for name in sorted(found):
         # Keras's and TensorFlow's own bookkeeping (`_layers`, `_self_unconditional_...`).
         if name in ("_layers", "_tracker") or name.startswith(("__", "_self_")):
             continue
-        value = vars(layer)[name]
+        value = found[name]
         if isinstance(value, keras.layers.Layer):
             pairs = [(name, value)]
         elif isinstance(value, (list, tuple)):

@@ -9,6 +9,13 @@ from sklearn.model_selection import train_test_split
 import keras_condensa as kc
 from keras_condensa.demo import lenet_300_100  # noqa: F401 - the tests' LeNet is the demo's
 
+# The slowest tests train for minutes in the PyTorch backend's eager loop (LeNet and KerasHub
+# models): the TensorFlow and JAX legs run them, which keeps `make test` within CI's budget.
+slow_on_torch = pytest.mark.skipif(
+    keras.backend.backend() == "torch",
+    reason="minutes of training in PyTorch's eager loop; the TensorFlow and JAX legs run it",
+)
+
 
 @pytest.fixture(scope="session")
 def digits():

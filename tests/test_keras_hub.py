@@ -11,6 +11,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
+from conftest import slow_on_torch
 from sklearn.datasets import load_digits
 
 import keras_condensa as kc
@@ -77,6 +78,7 @@ def _export_and_verify(final, x, tmp_path):
     return results
 
 
+@slow_on_torch
 def test_bert_encoders_are_pruned_inside_and_the_classifier_exports(tmp_path):
     x, y = _digit_tokens()
     model = _compile(_bert_classifier())
@@ -110,6 +112,7 @@ def test_bert_encoders_are_pruned_inside_and_the_classifier_exports(tmp_path):
     assert check.top1_agreement >= 0.95
 
 
+@slow_on_torch
 def test_a_vit_backbone_is_pruned_inside_and_exports(tmp_path):
     data = load_digits()
     x, y = (data.images[..., None] / 16.0).astype("float32"), data.target

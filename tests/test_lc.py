@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from conftest import compile_classifier, lenet_300_100, weights_of
+from conftest import compile_classifier, lenet_300_100, slow_on_torch, weights_of
 
 import keras_condensa as kc
 from keras_condensa import masking
@@ -66,6 +66,7 @@ def more_lenets(digits):
     return models
 
 
+@slow_on_torch
 def test_lc_at_density_005_is_at_least_as_accurate_as_gradual_pruning(
     lc_run, trained_lenet, more_lenets, digits
 ):
@@ -87,6 +88,7 @@ def test_lc_at_density_005_is_at_least_as_accurate_as_gradual_pruning(
     )
 
 
+@slow_on_torch
 def test_lc_at_density_002_beats_gradual_pruning(trained_lenet, digits):
     model, _ = trained_lenet
     _, result = _lc(model, digits, 0.02)
@@ -97,6 +99,7 @@ def test_lc_at_density_002_beats_gradual_pruning(trained_lenet, digits):
     assert lc_accuracy >= gradual_accuracy + 0.01, (lc_accuracy, gradual_accuracy)
 
 
+@slow_on_torch
 def test_penalty_beats_training_then_projecting(lc_run, trained_lenet, digits):
     """With mu = 0, L-C is plain training plus a final projection: the penalty must do better."""
     model, _ = trained_lenet

@@ -96,7 +96,7 @@ def test_fine_tunes_the_digits_cnn_and_strips_to_its_predictions(trained_cnn, di
     # start has a cosine near 0), with the trained output channels' root mean squares.
     for wrapper in masking.iter_wrappers(hashed):
         trained = np.asarray(trained_cnn.get_layer(wrapper.layer.name).kernel)
-        decoded = np.asarray(wrapper.effective_value("kernel"))
+        decoded = keras.ops.convert_to_numpy(wrapper.effective_value("kernel"))
         cosine = np.sum(decoded * trained) / np.linalg.norm(decoded) / np.linalg.norm(trained)
         assert cosine > 0.5
         axes = tuple(range(trained.ndim - 1))
@@ -134,7 +134,7 @@ def test_hashed_kernel_is_not_a_low_rank_factorization_of_itself(trained_cnn):
     wrapper = hashed.get_layer("fc_compressed")
     state = wrapper.states[(0, "kernel")]
     assert sum(state["ranks"]) == 22
-    kernel = np.asarray(wrapper.effective_value("kernel"))  # (512, 64)
+    kernel = keras.ops.convert_to_numpy(wrapper.effective_value("kernel"))  # (512, 64)
     assert np.linalg.matrix_rank(kernel) == 64  # full rank, from total rank 22
     first, second = state["perms"]
     assert len(np.unique(first)) == first.size and not np.array_equal(first, second)

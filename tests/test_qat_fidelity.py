@@ -129,7 +129,10 @@ def test_qat_int8_batchnorm_cnn_file_matches_post_training_int8(tmp_path, digits
     final = _qat_int8(dense, x_train, y_train)
     qat = te.export(final, tmp_path / "qat.tflite", quantize="int8")
     check = te.verify(qat, final, x_val)
-    assert check.top1_agreement >= 0.995, check
+    # The file computes what Keras computes, to well under one int8 output step; the
+    # logits are on the int8 grid, so two classes can tie there and a few predictions
+    # flip on the tie (seen on PyTorch: 4 of 450 at a max error of 0.003).
+    assert check.max_abs_error < 0.01 and check.top1_agreement >= 0.99, check
     ptq = te.export(
         dense, tmp_path / "ptq.tflite", quantize="int8", representative_data=x_train[:100]
     )
