@@ -139,6 +139,64 @@ class Sensitivity:
             result.update(dict.fromkeys(row["layers"], bound))
         return result
 
+    def search_scheme(self, max_drop, name="density"):
+        """A `CompressionTuner` scheme over one density, floored per layer by `bounds(max_drop)`.
+
+        Each trial prunes every layer at `max(density, its bound)` (unstructured,
+        one threshold per layer): a single hyperparameter, so the search stays
+        one-dimensional, while fragile layers keep the density they were
+        measured to need and layers that lose more than `max_drop` even at
+        the highest density measured stay dense. `density` ranges from the
+        lowest bound to 1.0 (log sampling).
+
+        Args:
+            max_drop: the accuracy a layer may lose alone (see `bounds`).
+            name: the hyperparameter's name.
+
+        Returns:
+            A callable taking a `keras_tuner.HyperParameters` and returning a
+            `kc.Compose` of per-layer `kc.Prune` operators.
+
+        Raises:
+            ValueError: the rows are coupled groups (`groups=True`: prune
+                them with a structured scheme built from `bounds`), a bad
+                `max_drop`, or every layer must stay dense.
+
+        Example:
+
+        ```python
+        result = kc.sensitivity(model, data=(x_val, y_val), densities=(0.05, 0.1, 0.25, 0.5))
+        tuner = kc.search.CompressionTuner(model, scheme=result.search_scheme(0.01), ...)
+        ```
+        """
+        from keras_condensa.operators import Compose, Prune
+
+        if self.groups:
+            raise ValueError(
+                "search_scheme prunes single layers (unstructured); these rows are coupled "
+                "channel groups (groups=True). Build a structured scheme from bounds(max_drop), "
+                "or measure with groups=False."
+            )
+        bounds = {layer: d for layer, d in self.bounds(max_drop).items() if d < 1.0}
+        if not bounds:
+            raise ValueError(
+                f"Every layer loses more than max_drop={max_drop} alone at the densities "
+                f"measured ({list(self.densities)}): nothing to prune. Measure higher densities "
+                "or allow a larger max_drop."
+            )
+        lowest = min(bounds.values())
+
+        def scheme(hp):
+            density = hp.Float(name, lowest, 1.0, sampling="log")
+            return Compose(
+                [
+                    Prune(max(density, bound), include=[layer], scope="layer")
+                    for layer, bound in bounds.items()
+                ]
+            )
+
+        return scheme
+
     def plot(self, path, title=None):
         """Writes a PNG: accuracy drop per row per density, and each row's cost shares.
 

@@ -5,6 +5,7 @@ import io
 import os
 
 import keras
+import keras_tuner
 import numpy as np
 import pytest
 from conftest import weights_of
@@ -12,6 +13,7 @@ from sklearn.neural_network import MLPClassifier
 
 import keras_condensa as kc
 from keras_condensa.cli import main
+from keras_condensa.sensitivity_result import Sensitivity
 
 TF_ONLY = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
@@ -105,6 +107,48 @@ def test_table_csv_plot_and_bounds(result, tmp_path):
     assert all(middle[r["layer"]] > 0.02 for r in result.rows)  # every 2% drop exceeds 0.05
     with pytest.raises(ValueError, match="max_drop"):
         result.bounds(-0.1)
+
+
+@TF_ONLY
+def test_search_scheme_floors_each_layer_at_its_bound(mlp, digits, result, tmp_path):
+    bounds = result.bounds(0.05)
+    scheme = result.search_scheme(0.05)
+    hp = keras_tuner.HyperParameters()
+    scheme(hp)
+    assert hp.space[0].name == "density" and hp.space[0].min_value == min(bounds.values())
+    hp.values["density"] = min(bounds.values())  # the lowest: every layer at its own bound
+    ops = scheme(hp).operators()
+    assert {op.get_config()["include"][0]: op.density for op in ops} == bounds
+    # A short search keeps every trial's fragile layers at their measured density.
+    x_train, y_train, x_val, y_val = digits
+    tuner = kc.search.CompressionTuner(
+        mlp,
+        scheme=scheme,
+        train_data=(x_train, y_train),
+        validation_data=(x_val, y_val),
+        objective="nonzero_params",
+        max_accuracy_drop=0.05,
+        max_trials=2,
+        fine_tune_epochs=0,
+        directory=str(tmp_path),
+        seed=0,
+    )
+    tuner.search()
+    for trial in tuner.oracle.trials.values():
+        density = trial.hyperparameters.get("density")
+        model = tuner.load_model(trial)
+        for layer, bound in bounds.items():
+            kernel = keras.ops.convert_to_numpy(model.get_layer(layer).kernel)
+            expected = max(density, bound)
+            assert np.mean(kernel != 0) == pytest.approx(expected, abs=1.0 / kernel.size + 1e-3)
+    grouped = kc.sensitivity(mlp, data=(x_val, y_val), densities=(0.5,), groups=True)
+    with pytest.raises(ValueError, match="groups=True"):
+        grouped.search_scheme(0.05)
+    fragile = Sensitivity(
+        [{"layer": "fc1", "layers": ("fc1",), "drops": {0.5: 0.2}}], 0.9, (0.5,), samples=450
+    )
+    with pytest.raises(ValueError, match="nothing to prune"):
+        fragile.search_scheme(0.01)
 
 
 def test_a_quantize_scheme_fn(mlp, digits):
