@@ -11,12 +11,15 @@ and the `propose` seam a new one plugs into. `GeneticChannelOracle` searches
 per-layer keep-ratios layer by layer with a genetic algorithm (Hu et al.
 2018); `distill_best` fine-tunes a search's answer with the dense model as
 teacher.
+`mixed_precision_scheme` makes each layer's bit-width (int4, int8, float) a
+hyperparameter.
 """
 
 from keras_condensa.search import strategies
 from keras_condensa.search.constraint import Constraint
 from keras_condensa.search.final import distill_best
 from keras_condensa.search.genetic import GeneticChannelOracle
+from keras_condensa.search.mixed_precision import MixedPrecisionScheme, mixed_precision_scheme
 from keras_condensa.search.oracle import ConstrainedBayesianOracle
 from keras_condensa.search.tuner import CompressionTuner
 
@@ -25,6 +28,8 @@ __all__ = [
     "ConstrainedBayesianOracle",
     "Constraint",
     "GeneticChannelOracle",
+    "MixedPrecisionScheme",
     "distill_best",
+    "mixed_precision_scheme",
     "strategies",
 ]

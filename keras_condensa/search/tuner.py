@@ -107,7 +107,8 @@ class CompressionTuner(results.TunerResults, keras_tuner.Tuner):
         export: whether trials export a LiteRT file; `None` (default) exports
             when the objective is a LiteRT metric.
         quantize: `quantize=` of `tflite_export.export`; int8 calibrates on up
-            to 300 training samples.
+            to 300 training samples, unless the trial's model carries its own
+            activation ranges (integer `kc.Quantize` fine-tuning).
         optimizer: optional optimizer (an instance is copied per trial).
         loss: optional loss overriding the model's.
         num_initial_points, min_expected_saving, max_consecutive_failed_trials:

@@ -6,6 +6,8 @@ never loads TensorFlow: only exporting does.
 
 import os
 
+from keras_condensa import masking
+
 
 def export_measured(
     model,
@@ -29,7 +31,11 @@ def export_measured(
         model: a plain (stripped) `keras.Model`.
         path: the `.tflite` file to write.
         quantize: `None`, `"float16"`, `"dynamic"` or `"int8"`.
-        representative_data: calibration inputs for `"int8"` (up to 300 are used).
+        representative_data: calibration inputs for `"int8"` (up to 300 are
+            used). Ignored for a model that carries its own activation ranges
+            (trained with an integer `kc.Quantize`, still in the stripped graph):
+            calibrating would override them and quantize the layers its
+            scheme left in float (`kc.search.mixed_precision_scheme`).
         sparse: encode zeros sparsely.
         kernels: `"default"` or `"builtin"` (LiteRT's built-in kernels).
         verify_data: optional inputs on which LiteRT is compared with Keras.
@@ -56,6 +62,8 @@ def export_measured(
     """
     import tflite_export as te  # noqa: PLC0415 - TensorFlow only when exporting
 
+    if _quantization_aware(model):
+        representative_data = None
     if representative_data is not None:
         representative_data = representative_data[:300]
     result = te.export(
@@ -89,3 +97,12 @@ def export_measured(
             top1_agreement=float(check.top1_agreement), max_abs_error=float(check.max_abs_error)
         )
     return info
+
+
+def _quantization_aware(model):
+    """Whether `model` kept activation ranges of integer quantizers through `strip`."""
+    return any(
+        op.kept_by_strip and getattr(op, "quantizes_activations", False)
+        for w in masking.iter_wrappers(model)
+        for op in w.operators
+    )
