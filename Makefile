@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	TF_CPP_MIN_LOG_LEVEL=3 $(VENV)/bin/keras-condensa demo
+	$(VENV)/bin/keras-condensa demo
 
 # The three backend legs run at the same time (each prints its report when it ends): on CI's two
 # cores the wall time is about that of the slowest leg, not their sum.
