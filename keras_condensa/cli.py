@@ -240,21 +240,36 @@ def cmd_analyze(args, out):
     from keras_condensa.files import write_atomically
     from keras_condensa.sensitivity import sensitivity
 
+    options = {"densities": args.densities, "groups": args.groups}
+    if args.quantize:
+        if args.groups:
+            raise UsageError("--quantize measures single layers; leave out --groups")
+        from keras_condensa.operators import Quantize
+
+        dtype = args.quantize
+        options = {
+            # Weights only: activation ranges are learned in fine-tuning, which this skips.
+            "scheme_fn": lambda name, _: Quantize(dtype, activations=False, include=[name]),
+            "densities": (1.0,),
+        }
     model = load_model(args.model)
     data = command_data(args, model)
     try:
-        result = sensitivity(
-            model, data=(data["x_val"], data["y_val"]), densities=args.densities, groups=args.groups
-        )
+        result = sensitivity(model, data=(data["x_val"], data["y_val"]), **options)
     except (TypeError, ValueError) as e:
         raise UsageError(f"cannot analyze {args.model}: {one_line(e, 300)}") from None
     os.makedirs(args.out, exist_ok=True)
     csv_path = os.path.join(args.out, "sensitivity.csv")
     png_path = os.path.join(args.out, "sensitivity.png")
     write_atomically(csv_path, result.to_csv())
-    result.plot(png_path, title=f"Sensitivity of {os.path.basename(args.model)}")
     out.result(result.to_text())
-    out.result(f"wrote {csv_path} and {png_path}")
+    try:
+        result.plot(png_path, title=f"Sensitivity of {os.path.basename(args.model)}")
+    except ImportError as e:  # matplotlib is the [report] extra: the table and CSV stand
+        out.result(f"wrote {csv_path}; no plot: {e}")
+        png_path = None
+    else:
+        out.result(f"wrote {csv_path} and {png_path}")
     out.emit_json(
         {
             "command": "analyze",

@@ -257,7 +257,8 @@ def check_search_args(args):
     """Checks `search` options against each other.
 
     Raises:
-        UsageError: `--qat` with a structured `--prune` or without `--quantize int8`.
+        UsageError: `--qat` with a structured `--prune` or without `--quantize int8`;
+            a `--logdir` inside `--out`, a file, or not writable.
     """
     _default_fine_tune(args)
     if args.qat != "none" and args.prune != "unstructured":
@@ -270,6 +271,24 @@ def check_search_args(args):
             f"--qat {args.qat} fine-tunes with quantized weights; export them with "
             f"--quantize int8 (got --quantize {args.quantize})"
         )
+    if args.logdir is not None:
+        _check_logdir(args.logdir, args.out)
+
+
+def _check_logdir(logdir, out):
+    """`--logdir` is a directory (made if need be) outside `--out`, in a writable place."""
+    logdir, out = os.path.abspath(logdir), os.path.abspath(out)
+    if logdir == out or logdir.startswith(out + os.sep):
+        raise UsageError(
+            f"--logdir {logdir} is inside --out {out}, which holds only the search's own files "
+            "(it could not be resumed); choose a directory outside it, e.g. logs/"
+        )
+    if os.path.exists(logdir) and not os.path.isdir(logdir):
+        raise UsageError(f"--logdir {logdir} is a file; TensorBoard logs need a directory")
+    existing = logdir
+    while not os.path.isdir(existing):
+        existing = os.path.dirname(existing)
+    _check_writable(existing, "--logdir")
 
 
 # ----------------------------------------------------------------------

@@ -275,6 +275,12 @@ def build_parser():
         "count as one), pruned by whole filters or neurons as kc.shrink removes them",
     )
     p.add_argument(
+        "--quantize",
+        choices=("int4", "int8", "float16"),
+        help="quantize each layer alone to this dtype instead of pruning it (which layers "
+        "can take 4 bits?): one drop column, drop@1",
+    )
+    p.add_argument(
         "--out",
         default="sensitivity_out",
         help="directory for sensitivity.csv and sensitivity.png, created if need be "

@@ -199,12 +199,6 @@ class LibraryLog:
             os.close(saved)
         self._saved = {}
 
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc_info):
-        self.stop()
-
 
 def start_for_program():
     """Starts a `LibraryLog` when this process is the `keras-condensa` program.

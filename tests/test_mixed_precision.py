@@ -106,8 +106,13 @@ def test_each_layer_trains_with_the_quantizer_of_its_bits(digits, tmp_path):
     np.testing.assert_allclose(loaded.predict(x_val, verbose=0), final.predict(x_val, verbose=0))
 
 
-def test_skip_between_quantized_layers_resolves_to_int8():
-    scheme = kc.search.mixed_precision_scheme(_mlp4(), choices=("int4", "int8", "skip"))
+@pytest.mark.parametrize("loaded", [False, True])
+def test_skip_between_quantized_layers_resolves_to_int8(loaded, tmp_path):
+    model = _mlp4()
+    if loaded:  # a Sequential loaded from a file keeps the nodes of its partial rebuilds
+        model.save(tmp_path / "mlp.keras")
+        model = keras.saving.load_model(tmp_path / "mlp.keras")
+    scheme = kc.search.mixed_precision_scheme(model, choices=("int4", "int8", "skip"))
 
     def resolved(*bits):
         return list(scheme.resolve(dict(zip(scheme.layers, bits, strict=True))).values())

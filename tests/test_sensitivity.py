@@ -2,6 +2,7 @@
 
 import csv
 import io
+import json
 import os
 
 import keras
@@ -334,3 +335,9 @@ def test_cli_analyze_prints_the_table_and_writes_png_and_csv(mlp, digits, tmp_pa
     printed = capsys.readouterr().out
     assert [line.split()[0] for line in printed.splitlines()[1:3]] == ["fc1", "fc2"]
     assert "no row: logits (its channels reach the model output)" in printed
+    # Which layers can take 4 bits: each quantized alone, one column.
+    assert main([*argv[:4], "--quantize", "int4", "--out", str(out), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [r["layer"] for r in rows] == ["fc1", "fc2", "logits"]
+    assert all(list(r["drops"]) == ["1.0"] and abs(r["drops"]["1.0"]) < 0.05 for r in rows)
+    assert main([*argv[:4], "--quantize", "int4", "--groups", "--out", str(out)]) == 2

@@ -16,6 +16,7 @@ import pytest
 from conftest import trained_mlp
 
 import keras_condensa as kc
+from keras_condensa.cli import main
 from keras_condensa.cli_parser import build_parser
 from keras_condensa.search.tensorboard import EXECUTION
 from keras_condensa.search.tuner import CompressionTuner
@@ -145,6 +146,29 @@ def test_search_command_takes_a_logdir():
         + ["--logdir", "tb"]
     )
     assert args.logdir == "tb"
+
+
+@pytest.mark.parametrize(
+    "where, match",
+    [("out/tb", "inside --out"), ("a_file", "is a file")],
+)
+def test_a_bad_logdir_is_refused_before_any_work(tmp_path, capsys, digits, where, match):
+    (tmp_path / "a_file").write_text("")
+    keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)]).save(tmp_path / "m.keras")
+    x_train, y_train, x_val, y_val = digits
+    np.savez(tmp_path / "d.npz", x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val)
+    argv = ["search", str(tmp_path / "m.keras"), "--data", str(tmp_path / "d.npz")]
+    argv += [
+        "--max-drop",
+        "0.01",
+        "--out",
+        str(tmp_path / "out"),
+        "--logdir",
+        str(tmp_path / where),
+    ]
+    assert main(argv) == 2
+    assert match in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["a_file", "d.npz", "m.keras"]  # nothing written
 
 
 @pytest.mark.skipif(

@@ -28,7 +28,7 @@ What a choice means in that file (measured with TensorFlow 2.21's converter):
 import keras
 import keras_tuner
 
-from keras_condensa import graph_walk, masking, prunable, reach
+from keras_condensa import copying, graph_walk, masking, prunable, reach
 from keras_condensa.operators.compose import Compose
 from keras_condensa.operators.quantize import Quantize
 
@@ -140,6 +140,14 @@ class MixedPrecisionScheme:
             raise TypeError(f"Expected a keras.Model. Received: {type(model).__name__}")
         self.choices = _check_choices(choices)
         self.include, self.exclude = include, exclude
+        if graph_walk.is_graph_model(model):
+            # The structure is read from a weightless copy: a Sequential loaded from a file
+            # keeps the nodes of its partial rebuilds, where each layer looks called more
+            # than once; the copy's layers are called once, as the model's truly are.
+            model = copying.clone(
+                model,
+                lambda op: copying.copy_layer(op) if isinstance(op, keras.layers.Layer) else op,
+            )
         probe = Quantize("int8", include=include, exclude=exclude)  # checks their types
         self._everything = _quantizable(model, Quantize("int8"))
         _check_names(model, self._everything, include=probe.include, exclude=probe.exclude)
