@@ -231,7 +231,7 @@ def test_layers_nested_in_a_custom_layer_are_rows_of_their_own():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((12,), dtype="int32")
     h = keras.layers.Embedding(50, 8, name="emb")(inputs)
-    h = keras.layers.Bidirectional(keras.layers.LSTM(8), name="bi")(h)
+    h = keras.layers.Bidirectional(keras.layers.LSTM(8, name="lstm"), name="bi")(h)
     model = keras.Model(inputs, keras.layers.Dense(3, name="out")(h))
     x, y = np.random.default_rng(0).integers(0, 50, (40, 12)), np.arange(40) % 3
     analysis = kc.sensitivity(model, data=(x, y), densities=(0.5,), latency_runs=2)
