@@ -15,6 +15,20 @@ slow_on_torch = pytest.mark.skipif(
     keras.backend.backend() == "torch",
     reason="minutes of training in PyTorch's eager loop; the TensorFlow and JAX legs run it",
 )
+# NumPy surgery over the hundreds of layers of a keras.applications model: seconds on the other
+# backends, a minute under JAX (tracing each of them three times); the other legs run it.
+slow_on_jax = pytest.mark.skipif(
+    keras.backend.backend() == "jax",
+    reason="a minute of tracing under JAX; the TensorFlow and PyTorch legs run it",
+)
+# Tests whose work is the same on every backend (the search loop, the command line, NumPy
+# surgery over hundreds of layers) or repeats a path another case of the same test covers:
+# the TensorFlow leg runs them, the JAX and PyTorch legs keep the backend's own paths.
+tensorflow_leg = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="backend-independent work (or a repeat of a case run on every backend); the "
+    "TensorFlow leg runs it",
+)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from conftest import compile_classifier
+from conftest import compile_classifier, slow_on_jax
 
 import keras_condensa as kc
 from keras_condensa import masking
@@ -247,7 +247,9 @@ def _gpt2():
     return model, x, (model.layers[-1].name,), ["position_embedding"]  # no prunable weights
 
 
-@pytest.mark.parametrize("build", [_mobilenet_v2, _gpt2], ids=["mobilenet_v2", "gpt2"])
+@pytest.mark.parametrize(
+    "build", [pytest.param(_mobilenet_v2, marks=slow_on_jax), _gpt2], ids=["mobilenet_v2", "gpt2"]
+)
 def test_models_we_did_not_write_shrink_to_the_masked_function(build):
     keras.utils.set_random_seed(0)
     model, x, compared, exclude = build()

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from conftest import compile_classifier, small_cnn
+from conftest import compile_classifier, slow_on_torch, small_cnn
 
 import keras_condensa as kc
 import keras_condensa.data_free as data_free
@@ -156,6 +156,7 @@ def test_subclassed_model_takes_inception_and_explains_batchnorm(trained):
     assert x.shape == (4, 8, 8, 1) and labels.shape == (4,)
 
 
+@slow_on_torch
 def test_nested_model_batchnorms_are_matched(trained, images):
     outer_input = keras.Input((8, 8, 1))
     nested = keras.Model(outer_input, trained(outer_input), name="outer")
@@ -164,6 +165,7 @@ def test_nested_model_batchnorms_are_matched(trained, images):
     assert statistics_gap(trained, x) < 0.05 * statistics_gap(trained, noise)
 
 
+@slow_on_torch
 def test_distillation_on_synthetic_inputs_recovers_pruned_accuracy(trained, images):
     _, _, x_val, y_val = images
     x, labels = data_free.synthesize(trained, n=384, steps=60, seed=0, return_labels=True)

@@ -11,7 +11,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from conftest import slow_on_torch
+from conftest import slow_on_jax, slow_on_torch
 from sklearn.datasets import load_digits
 
 import keras_condensa as kc
@@ -113,6 +113,7 @@ def test_bert_encoders_are_pruned_inside_and_the_classifier_exports(tmp_path):
 
 
 @slow_on_torch
+@slow_on_jax
 def test_a_vit_backbone_is_pruned_inside_and_exports(tmp_path):
     data = load_digits()
     x, y = (data.images[..., None] / 16.0).astype("float32"), data.target

@@ -5,7 +5,7 @@ import logging
 import keras
 import numpy as np
 import pytest
-from conftest import compile_classifier, small_cnn
+from conftest import compile_classifier, slow_on_jax, small_cnn
 
 import keras_condensa as kc
 
@@ -136,6 +136,7 @@ def test_residual_group_removed_when_every_branch_prunes_it(trained_resnet, digi
     assert sizes["stem"] == sizes["b0_conv2"] == sizes["b1_conv2"] <= 16
 
 
+@slow_on_jax
 def test_shrunk_mobilenet_v2_equals_masked(digits):
     x_train, y_train, x_val = _images(digits, size=32)
     keras.utils.set_random_seed(0)
