@@ -82,19 +82,8 @@ def test_help_documents_the_scheme_grammar(capsys):
 def test_compress_writes_the_stripped_model(files, tmp_path, capsys):
     out = str(tmp_path / "small.keras")
     code = cli.main(
-        [
-            "compress",
-            files["model"],
-            "--data",
-            files["data"],
-            "--scheme",
-            "prune:0.2",
-            "--epochs",
-            "1",
-            "--out",
-            out,
-            "--json",
-        ]
+        ["compress", files["model"], "--data", files["data"], "--scheme", "prune:0.2",
+         "--epochs", "1", "--out", out, "--json"]
     )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
@@ -109,19 +98,8 @@ def test_compress_writes_the_stripped_model(files, tmp_path, capsys):
 def test_compress_to_kcz_then_export_reads_it(files, tmp_path, capsys):
     out = str(tmp_path / "small.kcz")
     code = cli.main(
-        [
-            "compress",
-            files["model"],
-            "--data",
-            files["data"],
-            "--scheme",
-            "prune:0.2+cluster:8",
-            "--epochs",
-            "1",
-            "--out",
-            out,
-            "--json",
-        ]
+        ["compress", files["model"], "--data", files["data"], "--scheme", "prune:0.2+cluster:8",
+         "--epochs", "1", "--out", out, "--json"]
     )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
@@ -173,22 +151,17 @@ def test_compress_bad_input_exits_2_with_one_line_and_no_output(
     elif case == "missing_arrays":
         data = _bad_data(tmp_path, "d.npz", x_train=x_train, y_train=y_train, x_val=x_val)
     elif case == "wrong_shape":
-        data = _bad_data(
-            tmp_path,
-            "d.npz",
-            x_train=x_train[:, :32],
-            y_train=y_train,
-            x_val=x_val[:, :32],
-            y_val=y_val,
-        )
+        data = _bad_data(tmp_path, "d.npz", x_train=x_train[:, :32], y_train=y_train,
+                         x_val=x_val[:, :32], y_val=y_val)
     elif case == "label_too_big":
-        data = _bad_data(
-            tmp_path, "d.npz", x_train=x_train, y_train=y_train + 1, x_val=x_val, y_val=y_val
-        )
+        data = _bad_data(tmp_path, "d.npz", x_train=x_train, y_train=y_train + 1,
+                         x_val=x_val, y_val=y_val)
     elif case == "unknown_scheme":
         scheme = "prune:0.5+sparsify:3"
     out = tmp_path / "out.keras"
-    code = cli.main(["compress", model, "--data", data, "--scheme", scheme, "--out", str(out)])
+    code = cli.main(
+        ["compress", model, "--data", data, "--scheme", scheme, "--out", str(out)]
+    )
     assert code == 2
     lines = _error_lines(capsys)
     assert len(lines) == 1 and message in lines[0], lines
@@ -198,18 +171,8 @@ def test_compress_bad_input_exits_2_with_one_line_and_no_output(
 def test_search_qat_without_int8_export_exits_2_and_writes_nothing(files, tmp_path, capsys):
     out = tmp_path / "run"
     code = cli.main(
-        [
-            "search",
-            files["model"],
-            "--data",
-            files["data"],
-            "--max-drop",
-            "0.02",
-            "--qat",
-            "int4",
-            "--out",
-            str(out),
-        ]
+        ["search", files["model"], "--data", files["data"], "--max-drop", "0.02",
+         "--qat", "int4", "--out", str(out)]
     )
     assert code == 2
     lines = _error_lines(capsys)
@@ -220,21 +183,8 @@ def test_search_qat_without_int8_export_exits_2_and_writes_nothing(files, tmp_pa
 @tensorflow_leg
 def test_search_writes_outputs_then_refuses_the_finished_dir(files, tmp_path, capsys):
     out = str(tmp_path / "run")
-    args = [
-        "search",
-        files["model"],
-        "--data",
-        files["data"],
-        "--max-drop",
-        "0.05",
-        "--max-trials",
-        "2",
-        "--objective",
-        "nonzero_params",
-        "--out",
-        out,
-        "--quiet",
-    ]
+    args = ["search", files["model"], "--data", files["data"], "--max-drop", "0.05",
+            "--max-trials", "2", "--objective", "nonzero_params", "--out", out, "--quiet"]
     assert cli.main(args + ["--json"]) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out)  # Nothing but the JSON object on stdout.
@@ -257,15 +207,8 @@ def test_search_writes_outputs_then_refuses_the_finished_dir(files, tmp_path, ca
 
 
 def test_report_says_why_a_search_ended_early():
-    info = {
-        "model": "m.keras",
-        "objective": "tflite_bytes",
-        "dense_accuracy": 0.98,
-        "floor": 0.97,
-        "best": None,
-        "exported": None,
-        "max_trials": 10,
-    }
+    info = {"model": "m.keras", "objective": "tflite_bytes", "dense_accuracy": 0.98,
+            "floor": 0.97, "best": None, "exported": None, "max_trials": 10}
     rows = [{"trial": k, "feasible": k % 2 == 0} for k in range(6)]
     assert "ended" not in report_markdown(info, rows, [])
     reason = "the boundary is located: a further trial was expected to save less than 4%"
@@ -276,22 +219,8 @@ def test_report_says_why_a_search_ended_early():
 @tensorflow_leg
 def test_search_resumes_after_a_real_interrupt(files, tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "run")
-    args = [
-        "search",
-        files["model"],
-        "--data",
-        files["data"],
-        "--max-drop",
-        "0.05",
-        "--max-trials",
-        "2",
-        "--epochs",
-        "1",
-        "--objective",
-        "nonzero_params",
-        "--out",
-        out,
-    ]
+    args = ["search", files["model"], "--data", files["data"], "--max-drop", "0.05",
+            "--max-trials", "2", "--epochs", "1", "--objective", "nonzero_params", "--out", out]
     finished = []
 
     def interrupt_second_trial(event, tuner, trial):
@@ -329,17 +258,8 @@ def test_search_resumes_after_a_real_interrupt(files, tmp_path, monkeypatch, cap
 def test_export_then_bench_the_tflite_and_keras_files(files, tmp_path, capsys):
     out = str(tmp_path / "model.tflite")
     code = cli.main(
-        [
-            "export",
-            files["model"],
-            "--quantize",
-            "int8",
-            "--data",
-            files["data"],
-            "--out",
-            out,
-            "--json",
-        ]
+        ["export", files["model"], "--quantize", "int8", "--data", files["data"], "--out", out,
+         "--json"]
     )
     assert code == 0
     exported = json.loads(capsys.readouterr().out)
@@ -351,9 +271,8 @@ def test_export_then_bench_the_tflite_and_keras_files(files, tmp_path, capsys):
     assert bench["bytes"] == os.path.getsize(out)
     assert bench["p50_ms"] <= bench["p90_ms"] <= bench["p99_ms"]
 
-    assert (
-        cli.main(["bench", files["model"], "--data", files["data"], "--runs", "5", "--json"]) == 0
-    )
+    assert cli.main(["bench", files["model"], "--data", files["data"], "--runs", "5",
+                     "--json"]) == 0
     bench = json.loads(capsys.readouterr().out)
     assert bench["p50_ms"] > 0 and bench["val_accuracy"] > 0.8
 
@@ -373,19 +292,8 @@ def test_export_int8_without_data_exits_2(files, tmp_path, capsys):
 def test_demo_reports_the_bytes_it_wrote(tmp_path, capsys):
     out = str(tmp_path / "demo")
     code = cli.main(
-        [
-            "demo",
-            "--max-trials",
-            "3",
-            "--epochs",
-            "1",
-            "--dense-epochs",
-            "5",
-            "--out",
-            out,
-            "--json",
-            "--quiet",
-        ]
+        ["demo", "--max-trials", "3", "--epochs", "1", "--dense-epochs", "5", "--out", out,
+         "--json", "--quiet"]
     )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
@@ -400,21 +308,9 @@ def test_entry_point_runs_as_a_program(files):
     script = os.path.join(os.path.dirname(sys.executable), "keras-condensa")
     command = [script] if os.path.exists(script) else [sys.executable, "-m", "keras_condensa.cli"]
     done = subprocess.run(
-        command
-        + [
-            "search",
-            files["model"],
-            "--data",
-            files["data"],
-            "--max-drop",
-            "0.05",
-            "--out",
-            str(files["root"]),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        command + ["search", files["model"], "--data", files["data"], "--max-drop", "0.05",
+                   "--out", str(files["root"]), "--json"],
+        capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 2
     assert done.stdout == ""
@@ -425,21 +321,8 @@ def test_entry_point_runs_as_a_program(files):
 def test_compress_fine_tunes_with_lc_or_distillation(files, tmp_path, capsys, fine_tune):
     out = str(tmp_path / f"{fine_tune}.keras")
     code = cli.main(
-        [
-            "compress",
-            files["model"],
-            "--data",
-            files["data"],
-            "--scheme",
-            "prune:0.2",
-            "--epochs",
-            "6",
-            "--fine-tune",
-            fine_tune,
-            "--out",
-            out,
-            "--json",
-        ]
+        ["compress", files["model"], "--data", files["data"], "--scheme", "prune:0.2",
+         "--epochs", "6", "--fine-tune", fine_tune, "--out", out, "--json"]
     )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
@@ -455,20 +338,8 @@ def test_compress_fine_tunes_with_lc_or_distillation(files, tmp_path, capsys, fi
 def test_compress_lc_without_epochs_exits_2(files, tmp_path, capsys):
     out = tmp_path / "out.keras"
     code = cli.main(
-        [
-            "compress",
-            files["model"],
-            "--data",
-            files["data"],
-            "--scheme",
-            "prune:0.2",
-            "--epochs",
-            "0",
-            "--fine-tune",
-            "lc",
-            "--out",
-            str(out),
-        ]
+        ["compress", files["model"], "--data", files["data"], "--scheme", "prune:0.2",
+         "--epochs", "0", "--fine-tune", "lc", "--out", str(out)]
     )
     assert code == 2
     lines = _error_lines(capsys)
@@ -479,26 +350,9 @@ def test_compress_lc_without_epochs_exits_2(files, tmp_path, capsys):
 @tensorflow_leg
 def test_search_fine_tunes_trials_with_lc(files, tmp_path, capsys):
     out = str(tmp_path / "run")
-    args = [
-        "search",
-        files["model"],
-        "--data",
-        files["data"],
-        "--max-drop",
-        "0.1",
-        "--max-trials",
-        "1",
-        "--epochs",
-        "4",
-        "--fine-tune",
-        "lc",
-        "--objective",
-        "nonzero_params",
-        "--out",
-        out,
-        "--quiet",
-        "--json",
-    ]
+    args = ["search", files["model"], "--data", files["data"], "--max-drop", "0.1",
+            "--max-trials", "1", "--epochs", "4", "--fine-tune", "lc",
+            "--objective", "nonzero_params", "--out", out, "--quiet", "--json"]
     assert cli.main(args) == 0
     result = json.loads(capsys.readouterr().out)
     best = keras.saving.load_model(os.path.join(out, "best.keras"))
@@ -509,19 +363,8 @@ def test_search_fine_tunes_trials_with_lc(files, tmp_path, capsys):
 def test_compress_shrink_writes_a_model_with_fewer_neurons(files, tmp_path, capsys):
     out = str(tmp_path / "small.keras")
     code = cli.main(
-        [
-            "compress",
-            files["model"],
-            "--data",
-            files["data"],
-            "--scheme",
-            "neuron:0.25",
-            "--epochs",
-            "1",
-            "--shrink",
-            "--out",
-            out,
-        ]
+        ["compress", files["model"], "--data", files["data"], "--scheme", "neuron:0.25",
+         "--epochs", "1", "--shrink", "--out", out]
     )
     assert code == 0
     model = keras.saving.load_model(out)
@@ -536,17 +379,8 @@ def test_compress_shrink_writes_a_model_with_fewer_neurons(files, tmp_path, caps
 def test_compress_shrink_with_int8_exits_2_and_writes_nothing(files, tmp_path, capsys):
     out = tmp_path / "small.keras"
     code = cli.main(
-        [
-            "compress",
-            files["model"],
-            "--data",
-            files["data"],
-            "--scheme",
-            "neuron:0.5+int8",
-            "--shrink",
-            "--out",
-            str(out),
-        ]
+        ["compress", files["model"], "--data", files["data"], "--scheme", "neuron:0.5+int8",
+         "--shrink", "--out", str(out)]
     )
     assert code == 2
     assert "--shrink" in _error_lines(capsys)[-1]
@@ -557,26 +391,9 @@ def test_compress_shrink_with_int8_exits_2_and_writes_nothing(files, tmp_path, c
 def test_search_over_neurons_writes_a_shrunk_best_model(files, tmp_path, capsys):
     out = str(tmp_path / "run")
     code = cli.main(
-        [
-            "search",
-            files["model"],
-            "--data",
-            files["data"],
-            "--max-drop",
-            "0.3",
-            "--max-trials",
-            "3",
-            "--epochs",
-            "2",
-            "--objective",
-            "params",
-            "--prune",
-            "neuron",
-            "--out",
-            out,
-            "--quiet",
-            "--json",
-        ]
+        ["search", files["model"], "--data", files["data"], "--max-drop", "0.3",
+         "--max-trials", "3", "--epochs", "2", "--objective", "params", "--prune", "neuron",
+         "--out", out, "--quiet", "--json"]
     )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
@@ -594,22 +411,8 @@ def test_search_over_neurons_writes_a_shrunk_best_model(files, tmp_path, capsys)
 def test_search_structured_with_qat_exits_2(files, tmp_path, capsys):
     out = tmp_path / "run"
     code = cli.main(
-        [
-            "search",
-            files["model"],
-            "--data",
-            files["data"],
-            "--max-drop",
-            "0.05",
-            "--prune",
-            "filter",
-            "--qat",
-            "int8",
-            "--quantize",
-            "int8",
-            "--out",
-            str(out),
-        ]
+        ["search", files["model"], "--data", files["data"], "--max-drop", "0.05",
+         "--prune", "filter", "--qat", "int8", "--quantize", "int8", "--out", str(out)]
     )
     assert code == 2
     assert "--prune filter" in _error_lines(capsys)[-1]
@@ -620,31 +423,11 @@ def test_search_structured_with_qat_exits_2(files, tmp_path, capsys):
 def test_search_checks_the_answer_on_held_out_test_data(files, tmp_path, capsys):
     x_train, y_train, x_val, y_val = files["digits"]
     data = str(tmp_path / "with_test.npz")
-    np.savez(
-        data,
-        x_train=x_train,
-        y_train=y_train,
-        x_val=x_val[1::2],
-        y_val=y_val[1::2],
-        x_test=x_val[::2],
-        y_test=y_val[::2],
-    )
+    np.savez(data, x_train=x_train, y_train=y_train, x_val=x_val[1::2], y_val=y_val[1::2],
+             x_test=x_val[::2], y_test=y_val[::2])
     out = str(tmp_path / "run")
-    args = [
-        "search",
-        files["model"],
-        "--data",
-        data,
-        "--max-drop",
-        "0.05",
-        "--max-trials",
-        "2",
-        "--objective",
-        "nonzero_params",
-        "--out",
-        out,
-        "--quiet",
-    ]
+    args = ["search", files["model"], "--data", data, "--max-drop", "0.05", "--max-trials",
+            "2", "--objective", "nonzero_params", "--out", out, "--quiet"]
     assert cli.main([*args, "--confidence", "1.2"]) == 2
     lines = _error_lines(capsys)
     assert len(lines) == 1 and "--confidence" in lines[0] and "[0.5, 1)" in lines[0], lines
