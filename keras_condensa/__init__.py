@@ -23,7 +23,7 @@ _start_for_program()
 
 import importlib as _importlib
 
-from keras_condensa import codec, data_free, optimizers
+from keras_condensa import bench, codec, data_free, optimizers
 from keras_condensa.block_dense import BlockDense
 from keras_condensa.callbacks import UpdateMasks, callbacks, scheme_of
 from keras_condensa.channel_cost import latency_table
@@ -95,6 +95,7 @@ __all__ = [
     "Summary",
     "UpdateMasks",
     "__version__",
+    "bench",
     "callbacks",
     "codec",
     "data_free",
