@@ -74,14 +74,11 @@ def _torch_name(tensor):
 
 
 def _tensorflow_name(tensor):
-    import tensorflow as tf  # noqa: PLC0415 - the TensorFlow backend only
-
+    # The placement string names the GPU by index only ("/job:.../device:GPU:0"): the model's
+    # name needs `tf.config`, which the core does not import.
     if ":GPU:" not in tensor.device.upper():
         return _cpu_name()
-    index = int(tensor.device.rsplit(":", 1)[1])
-    gpu = tf.config.list_physical_devices("GPU")[index]
-    details = tf.config.experimental.get_device_details(gpu)
-    return f"{details.get('device_name') or gpu.name} (gpu)"
+    return f"GPU {int(tensor.device.rsplit(':', 1)[1])} (tensorflow)"
 
 
 def device_name():
@@ -90,10 +87,11 @@ def device_name():
     The device is the one a new tensor lands on (`keras.ops.zeros`), so it
     follows the backend's own placement (JAX's default device, the torch
     backend's `KERAS_TORCH_DEVICE`, TensorFlow's first GPU). A GPU is named
-    by its driver (`"NVIDIA H100 80GB HBM3 (gpu)"`); on the CPU, and on the
-    numpy and OpenVINO backends, it is `"CPU (<model>, <n> cores)"`, the
-    cores being those this process may use. TensorFlow and torch are only
-    imported here, when they are the backend.
+    by its driver on JAX and torch (`"NVIDIA H100 80GB HBM3 (gpu)"`), by its
+    index on TensorFlow (`"GPU 0 (tensorflow)"`: its name would need
+    `tf.config`); on the CPU, and on the numpy and OpenVINO backends, it is
+    `"CPU (<model>, <n> cores)"`, the cores being those this process may use.
+    torch is only imported here, when it is the backend.
 
     Returns:
         A non-empty string.
